@@ -1,0 +1,295 @@
+//! The configuration file (TOML). Every key has a built-in default; unknown keys are an
+//! error that names the key. `memwatch config --print-default` prints `DEFAULT_TOML`.
+
+use std::{fmt, net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in configuration, with comments. A unit test keeps it equal to
+/// `Config::default()`.
+pub const DEFAULT_TOML: &str = r#"# memwatch configuration. Every key is optional; these are the built-in defaults.
+
+[web]
+# Where /metrics and /healthz are served. ":9847" means every address, port 9847.
+listen_address = ":9847"
+# Path of the Prometheus endpoint.
+telemetry_path = "/metrics"
+
+[log]
+# error, warn, info, debug or trace. RUST_LOG, when set, takes precedence.
+level = "info"
+
+[probes]
+# Which rung of the probe ladder to use: "auto" (the best that loads and attaches),
+# or force "fentry", "kprobe" or "tracepoint" for every hook that has that rung.
+mode = "auto"
+
+[tables]
+# Rows per in-kernel per-process table (LRU: the least recently active process is
+# evicted when full, and evictions are counted).
+process_max_entries = 10240
+# Processes exported with their own pid/comm labels; the rest are summed in "other".
+process_top_n = 50
+
+[collectors]
+# /proc/meminfo, every field.
+meminfo = true
+# The eBPF programs' counters.
+bpf = true
+"#;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct Config {
+    pub web: Web,
+    pub log: Log,
+    pub probes: Probes,
+    pub tables: Tables,
+    pub collectors: Collectors,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    pub listen_address: String,
+    pub telemetry_path: String,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            listen_address: ":9847".into(),
+            telemetry_path: "/metrics".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub level: LogLevel,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            Self::Error => log::LevelFilter::Error,
+            Self::Warn => log::LevelFilter::Warn,
+            Self::Info => log::LevelFilter::Info,
+            Self::Debug => log::LevelFilter::Debug,
+            Self::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Probes {
+    pub mode: ProbeMode,
+}
+
+/// Which rung of the probe ladder to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeMode {
+    /// The best rung that loads and attaches, per hook.
+    #[default]
+    Auto,
+    /// fentry/fexit (BTF trampolines) wherever a hook has them.
+    Fentry,
+    /// kprobe/kretprobe wherever a hook has them.
+    Kprobe,
+    /// Tracepoints only.
+    Tracepoint,
+}
+
+impl fmt::Display for ProbeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tables {
+    pub process_max_entries: u32,
+    pub process_top_n: usize,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            process_max_entries: 10240,
+            process_top_n: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collectors {
+    pub meminfo: bool,
+    pub bpf: bool,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Self {
+            meminfo: true,
+            bpf: true,
+        }
+    }
+}
+
+/// A configuration that can't be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses a TOML document; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks values that parse but can't work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_listen_address(&self.web.listen_address).map_err(ConfigError::Invalid)?;
+        if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path == "/healthz" {
+            return Err(ConfigError::Invalid(format!(
+                "web.telemetry_path {:?} must start with '/' and must not be /healthz",
+                self.web.telemetry_path
+            )));
+        }
+        if self.tables.process_max_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "tables.process_max_entries must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a listen address the way Prometheus exporters do: ":9847" is every address.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("[::]{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        format!("web.listen_address {s:?} is not HOST:PORT (e.g. \":9847\" or \"127.0.0.1:9847\")")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default() {
+        assert_eq!(
+            Config::from_toml(DEFAULT_TOML, "default").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::from_toml("", "empty").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let cfg = Config::from_toml(
+            "[web]\nlisten_address = \"127.0.0.1:1234\"\n[probes]\nmode = \"tracepoint\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(cfg.web.listen_address, "127.0.0.1:1234");
+        assert_eq!(cfg.web.telemetry_path, "/metrics");
+        assert_eq!(cfg.probes.mode, ProbeMode::Tracepoint);
+        assert_eq!(cfg.tables, Tables::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[web]\nlisten_adress = \":1\"\n", "x.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("listen_adress"), "{msg}");
+        assert!(msg.contains("x.toml"), "{msg}");
+        let err = Config::from_toml("[nosuchsection]\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("nosuchsection"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let err = Config::from_toml("[probes]\nmode = \"uprobe\"\n", "x").unwrap_err();
+        assert!(err.to_string().contains("uprobe"), "{err}");
+        let err = Config::from_toml("[web]\nlisten_address = \"nope\"\n", "x").unwrap_err();
+        assert!(err.to_string().contains("HOST:PORT"), "{err}");
+        let err = Config::from_toml("[tables]\nprocess_max_entries = 0\n", "x").unwrap_err();
+        assert!(err.to_string().contains("process_max_entries"), "{err}");
+        let err = Config::from_toml("[tables]\nprocess_top_n = -1\n", "x").unwrap_err();
+        assert!(err.to_string().contains("process_top_n"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen_address(":9847").unwrap().port(), 9847);
+        assert!(parse_listen_address(":9847").unwrap().ip().is_unspecified());
+        assert_eq!(
+            parse_listen_address("127.0.0.1:80").unwrap().to_string(),
+            "127.0.0.1:80"
+        );
+        assert!(parse_listen_address("localhost").is_err());
+    }
+}

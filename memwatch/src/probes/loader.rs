@@ -1,0 +1,270 @@
+//! The probe ladder: for each hook of `table::HOOKS`, try its rungs in order and keep
+//! the first whose programs all load and attach. A failure never stops the others.
+
+use std::io;
+
+use aya::{
+    programs::{FEntry, KProbe, ProgramError, TracePoint},
+    Ebpf,
+};
+
+use super::{
+    table::{Attach, Hook, Mode, HOOKS},
+    KernelSupport,
+};
+use crate::config::ProbeMode;
+
+/// One rung tried (or skipped) for a hook.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub mode: Mode,
+    /// `Ok` if it attached; otherwise why not.
+    pub result: Result<(), String>,
+    /// The rung was not tried (forced mode, or an earlier rung won).
+    pub skipped: bool,
+}
+
+/// What happened to one hook.
+#[derive(Debug, Clone)]
+pub struct HookOutcome {
+    pub hook: &'static Hook,
+    pub attempts: Vec<Attempt>,
+    /// The rung in use, if any.
+    pub chosen: Option<Mode>,
+}
+
+impl HookOutcome {
+    /// The best rung this hook has at all.
+    pub fn best_mode(&self) -> Mode {
+        self.hook.rungs[0].mode
+    }
+}
+
+/// Walks the ladder for every hook. With `explore`, every rung is tried even after one
+/// has attached (for `memwatch probes`); `chosen` is still the one `run` would use.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    support: &KernelSupport,
+    mode: ProbeMode,
+    explore: bool,
+) -> Vec<HookOutcome> {
+    let mut outcomes: Vec<HookOutcome> = Vec::new();
+    for hook in HOOKS {
+        let forced = forced_mode(hook, mode);
+        let mut attempts = Vec::new();
+        let mut chosen = None;
+        for rung in hook.rungs {
+            if let Some(f) = forced {
+                if rung.mode != f {
+                    attempts.push(Attempt {
+                        mode: rung.mode,
+                        result: Err(format!("not tried: --probe-mode={mode}")),
+                        skipped: true,
+                    });
+                    continue;
+                }
+            }
+            if chosen.is_some() && !explore {
+                attempts.push(Attempt {
+                    mode: rung.mode,
+                    result: Err("not tried: a better rung attached".into()),
+                    skipped: true,
+                });
+                continue;
+            }
+            let result = attach_rung(ebpf, support, rung.attach, &outcomes);
+            match &result {
+                Ok(()) => log::debug!("{}/{}: {} attached", hook.family, hook.name, rung.mode),
+                Err(e) => log::debug!("{}/{}: {} failed: {e}", hook.family, hook.name, rung.mode),
+            }
+            if result.is_ok() && chosen.is_none() {
+                chosen = Some(rung.mode);
+            }
+            attempts.push(Attempt {
+                mode: rung.mode,
+                result,
+                skipped: false,
+            });
+        }
+        match chosen {
+            Some(m) => log::info!("probe {}/{}: {m}", hook.family, hook.name),
+            None => log::warn!(
+                "probe {}/{}: no rung attached ({}); its metrics will be absent",
+                hook.family,
+                hook.name,
+                attempts
+                    .iter()
+                    .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.mode)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+        outcomes.push(HookOutcome {
+            hook,
+            attempts,
+            chosen,
+        });
+    }
+    outcomes
+}
+
+/// The rung a forced mode selects for this hook: the forced one where the hook has it,
+/// else none (the hook walks its own ladder).
+fn forced_mode(hook: &Hook, mode: ProbeMode) -> Option<Mode> {
+    let m = match mode {
+        ProbeMode::Auto => return None,
+        ProbeMode::Fentry => Mode::Fentry,
+        ProbeMode::Kprobe => Mode::Kprobe,
+        ProbeMode::Tracepoint => Mode::Tracepoint,
+    };
+    hook.rungs.iter().any(|r| r.mode == m).then_some(m)
+}
+
+/// Attaches every program of a rung, or none: on failure the ones already attached
+/// are unloaded again.
+fn attach_rung(
+    ebpf: &mut Ebpf,
+    support: &KernelSupport,
+    attach: &[Attach],
+    done: &[HookOutcome],
+) -> Result<(), String> {
+    let mut attached = Vec::new();
+    for a in attach {
+        match attach_one(ebpf, support, a, done) {
+            Ok(()) => attached.push(*a),
+            Err(e) => {
+                for a in attached {
+                    unload(ebpf, &a);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    support: &KernelSupport,
+    attach: &Attach,
+    done: &[HookOutcome],
+) -> Result<(), String> {
+    match *attach {
+        Attach::Shared { hook } => match done.iter().find(|o| o.hook.name == hook) {
+            Some(o) if o.chosen.is_some() => Ok(()),
+            _ => Err(format!("fed by hook {hook}, which did not attach")),
+        },
+        Attach::Tracepoint {
+            program,
+            category,
+            name,
+        } => {
+            let tracefs = support.tracefs.as_ref().map_err(Clone::clone)?;
+            if !tracefs.has_event(category, name) {
+                return Err(format!(
+                    "tracepoint {category}:{name} does not exist on this kernel"
+                ));
+            }
+            let p: &mut TracePoint = program_mut(ebpf, program)?;
+            load_once(p.load()).map_err(|e| explain("load", &e))?;
+            p.attach(category, name)
+                .map(drop)
+                .map_err(|e| explain("attach", &e))
+        }
+        Attach::Fentry { program, function } => {
+            let btf = support.btf.as_ref().map_err(Clone::clone)?;
+            let p: &mut FEntry = program_mut(ebpf, program)?;
+            load_once(p.load(function, btf)).map_err(|e| explain("load", &e))?;
+            p.attach().map(drop).map_err(|e| explain("attach", &e))
+        }
+        Attach::Kprobe { program, function } => {
+            support.kprobes.clone()?;
+            let p: &mut KProbe = program_mut(ebpf, program)?;
+            load_once(p.load()).map_err(|e| explain("load", &e))?;
+            p.attach(function, 0)
+                .map(drop)
+                .map_err(|e| explain("attach", &e))
+        }
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the eBPF object"))?;
+    p.try_into()
+        .map_err(|e: ProgramError| format!("program {name}: {e}"))
+}
+
+fn load_once(r: Result<(), ProgramError>) -> Result<(), ProgramError> {
+    match r {
+        Err(ProgramError::AlreadyLoaded) => Ok(()),
+        r => r,
+    }
+}
+
+/// Detaches and unloads the program of one attach point.
+fn unload(ebpf: &mut Ebpf, attach: &Attach) {
+    let result = match *attach {
+        Attach::Tracepoint { program, .. } => {
+            program_mut::<TracePoint>(ebpf, program).map(|p| p.unload())
+        }
+        Attach::Fentry { program, .. } => program_mut::<FEntry>(ebpf, program).map(|p| p.unload()),
+        Attach::Kprobe { program, .. } => program_mut::<KProbe>(ebpf, program).map(|p| p.unload()),
+        Attach::Shared { .. } => return,
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("unloading {attach:?}: {e}"),
+        Err(e) => log::debug!("unloading {attach:?}: {e}"),
+    }
+}
+
+/// A one-line reason from an aya error: the syscall and the errno by name, e.g.
+/// `BPF_PROG_LOAD: EPERM (Operation not permitted)`. A verifier log goes to the log.
+fn explain(step: &str, e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            if !log.trim().is_empty() {
+                log::warn!("verifier log:\n{log}");
+            }
+            format!("BPF_PROG_LOAD: {}", errno(io_error))
+        }
+        ProgramError::SyscallError(s) => format!("{}: {}", s.call, errno(&s.io_error)),
+        other => {
+            let mut msg = format!("{step}: {other}");
+            let mut src = std::error::Error::source(other);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            msg
+        }
+    }
+}
+
+fn errno(e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ESRCH) => "ESRCH",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::E2BIG) => "E2BIG",
+        Some(libc::EBUSY) => "EBUSY",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
+        Some(524) => "ENOTSUPP",
+        _ => return e.to_string(),
+    };
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    format!("{name} ({text})")
+}

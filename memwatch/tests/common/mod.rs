@@ -1,0 +1,246 @@
+//! Helpers for the integration tests: start the real agent on a loopback port, scrape
+//! it, parse the exposition format, and skip (with a printed reason) without root.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_memwatch");
+
+/// True when running as root; otherwise prints why `test` is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        println!("SKIP {test}: needs root (loads eBPF programs); run the tests as root");
+    }
+    root
+}
+
+/// A free loopback port (the agent binds it right after; the race is harmless here).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary file removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, contents: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("memwatch-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A running agent, stopped (SIGTERM, by PID) when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `memwatch run` on a free loopback port and waits until /healthz answers.
+    pub fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let log =
+            std::env::temp_dir().join(format!("memwatch-test-{}-{port}.log", std::process::id()));
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn memwatch");
+        let mut agent = Self {
+            child: Some(child),
+            port,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(body) = http_get(port, "/healthz") {
+                assert_eq!(body, "ok\n");
+                break;
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("memwatch exited early ({status}):\n{}", agent.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memwatch did not come up:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Scrapes /metrics.
+    pub fn scrape(&self) -> Metrics {
+        let body = http_get(self.port, "/metrics").expect("scrape /metrics");
+        Metrics::parse(&body)
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.stop_inner().expect("agent already stopped")
+    }
+
+    fn stop_inner(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling the PID of the child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_inner();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// GET over HTTP/1.0 on loopback; the body on 200.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("status: {head}")));
+    }
+    Ok(body.to_string())
+}
+
+/// Samples of one scrape: (name, labels) -> value.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value.parse().expect("sample value");
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), BTreeMap::new()),
+                Some((name, rest)) => (name.to_string(), parse_labels(rest.trim_end_matches('}'))),
+            };
+            samples.push((name, labels, value));
+        }
+        Self {
+            samples,
+            text: text.to_string(),
+        }
+    }
+
+    /// The value of the sample with this name and these labels (a subset match).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.2)
+    }
+
+    /// All samples of a family.
+    pub fn family(&self, name: &str) -> Vec<&(String, BTreeMap<String, String>, f64)> {
+        self.samples.iter().filter(|s| s.0 == name).collect()
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').trim().to_string(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// /proc/meminfo as (field, value in bytes or count).
+pub fn read_meminfo() -> BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let mut w = v.split_whitespace();
+            let n: u64 = w.next()?.parse().ok()?;
+            Some((
+                k.to_string(),
+                if w.next() == Some("kB") { n * 1024 } else { n },
+            ))
+        })
+        .collect()
+}

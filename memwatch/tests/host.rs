@@ -1,0 +1,227 @@
+//! The agent on this host, against what the kernel itself says.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{read_meminfo, root_or_skip, Agent, TempFile, BIN};
+
+/// Every /proc/meminfo field is exported, in bytes (counts for HugePages_*), and agrees
+/// with /proc/meminfo read around the scrape.
+#[test]
+fn meminfo_matches_proc() {
+    if !root_or_skip("meminfo_matches_proc") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let before = read_meminfo();
+    let m = agent.scrape();
+    let after = read_meminfo();
+    assert!(
+        before.len() > 40,
+        "too few meminfo fields: {}",
+        before.len()
+    );
+    for (field, b) in &before {
+        let a = after[field];
+        let unit = if field.starts_with("HugePages_") {
+            ""
+        } else {
+            "_bytes"
+        };
+        let name = format!(
+            "memwatch_meminfo_{}{unit}",
+            field.replace('(', "_").replace(')', "")
+        );
+        let v = m
+            .get(&name, &[])
+            .unwrap_or_else(|| panic!("{name} missing from the scrape")) as u64;
+        // Fields that moved between the two reads may lie anywhere between them, plus
+        // a little for movement inside the scrape.
+        let slack = if a == *b { 0 } else { 4 << 20 };
+        let (lo, hi) = ((*b).min(a).saturating_sub(slack), (*b).max(a) + slack);
+        assert!(
+            (lo..=hi).contains(&v),
+            "{name} = {v}, /proc/meminfo said {b} then {a}"
+        );
+    }
+    assert_eq!(
+        m.get(
+            "memwatch_scrape_collector_success",
+            &[("collector", "meminfo")]
+        ),
+        Some(1.0)
+    );
+    assert!(agent.stop().success());
+}
+
+/// `memwatch probes` names a working rung for each hook and a reason for each rung that
+/// can't be used; `run` reports the same choice in memwatch_probe_info.
+#[test]
+fn probes_report_matches_run() {
+    if !root_or_skip("probes_report_matches_run") {
+        return;
+    }
+    let out = Command::new(BIN).arg("probes").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("faults/page_fault: run uses tracepoint"),
+        "{text}"
+    );
+
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    let cow: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("cow/do_wp_page"))
+        .take(7)
+        .collect();
+    let line = |rung: &str| {
+        cow.iter()
+            .find(|l| l.trim_start().starts_with(rung))
+            .unwrap_or_else(|| panic!("no {rung} line in {cow:?}"))
+            .to_string()
+    };
+    if !kprobes {
+        assert!(
+            line("kprobe").contains("no: CONFIG_KPROBE_EVENTS not set"),
+            "{cow:?}"
+        );
+    }
+    // Whatever run picks, every rung above it says why it can't be used.
+    let chosen = cow[0].rsplit(' ').next().unwrap().to_string();
+    for rung in ["fentry", "kprobe", "tracepoint"] {
+        if rung == chosen {
+            assert!(line(rung).contains('*'), "{cow:?}");
+            break;
+        }
+        let l = line(rung);
+        let reason = l.split("no: ").nth(1).unwrap_or("");
+        assert!(reason.len() > 5, "{rung} has no reason: {l}");
+    }
+
+    let agent = Agent::start(&[]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.get(
+            "memwatch_probe_info",
+            &[
+                ("family", "faults"),
+                ("hook", "page_fault"),
+                ("mode", "tracepoint")
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get(
+            "memwatch_probe_info",
+            &[("family", "cow"), ("hook", "do_wp_page"), ("mode", &chosen)]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(agent.stop().success());
+}
+
+/// Forcing the tracepoint rung works and is reported.
+#[test]
+fn forced_tracepoint_mode() {
+    if !root_or_skip("forced_tracepoint_mode") {
+        return;
+    }
+    let agent = Agent::start(&["--probe-mode=tracepoint"]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.get(
+            "memwatch_probe_info",
+            &[("hook", "do_wp_page"), ("mode", "tracepoint")]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(m
+        .get("memwatch_wp_faults_total", &[("pid", "other")])
+        .is_some());
+    assert!(agent.stop().success());
+}
+
+/// Without root or the capabilities: one error line naming them, exit code 2.
+#[test]
+fn without_privileges_one_line_and_exit_2() {
+    for args in [&["run"][..], &["probes"][..]] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("--log.level=error")
+            .stdout(Stdio::null());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::process::CommandExt;
+            // nobody: no capabilities after the uid change.
+            cmd.uid(65534).gid(65534);
+        }
+        if args == ["probes"] {
+            cmd.arg("--probe-mode=auto");
+        } else {
+            cmd.arg("--web.listen-address=127.0.0.1:0");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(
+            err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+            "{err}"
+        );
+        assert!(
+            err.starts_with("memwatch: error: missing privileges"),
+            "{err}"
+        );
+    }
+}
+
+/// A bad config file: the error names the key and the file, exit code 2.
+#[test]
+fn bad_config_names_the_key() {
+    let cfg = TempFile::new("bad.toml", "[web]\nlisten_adress = \":1\"\n");
+    let out = Command::new(BIN)
+        .args(["run", "--config", cfg.0.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("listen_adress"), "{err}");
+    assert!(err.contains(cfg.0.to_str().unwrap()), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["config", "--check", cfg.0.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = Command::new(BIN)
+        .args(["config", "--print-default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let good = TempFile::new("default.toml", &String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["config", "--check", good.0.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

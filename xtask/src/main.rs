@@ -1,0 +1,131 @@
+//! Developer tasks: `cargo xtask setup | run | test`.
+
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "memwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need, if missing: the nightly's rust-src,
+    /// bpf-linker built against the nightly's LLVM, Debian packages. Idempotent.
+    Setup,
+    /// Set up, build memwatch (release) and run it; arguments go to `memwatch run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, then check formatting and lints and run every test.
+    Test,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "memwatch"])?;
+            let bin = workspace_root().join("target/release/memwatch");
+            eprintln!("xtask: running {} run {:?}", bin.display(), args);
+            use std::os::unix::process::CommandExt;
+            let err = Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .env("PATH", setup::path_with_tools())
+                .exec();
+            Err(err).with_context(|| format!("exec {}", bin.display()))
+        }
+        Task::Test => {
+            setup::run()?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            ebpf_clippy()?;
+            // One test binary at a time, one test thread each: the root tests load
+            // probes and run workloads whose counts must not mix.
+            cargo(&["test", "--workspace", "--", "--test-threads=1"])?;
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+/// Runs cargo (the stable one that runs xtask) in the workspace root.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PATH", setup::path_with_tools())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Clippy for the eBPF crate, on its own target with the nightly toolchain.
+fn ebpf_clippy() -> Result<()> {
+    eprintln!("xtask: clippy memwatch-ebpf (nightly, bpfel-unknown-none)");
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "memwatch-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(workspace_root())
+        .env("PATH", setup::path_with_tools())
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .status()
+        .context("running clippy on memwatch-ebpf")?;
+    if !status.success() {
+        bail!("clippy on memwatch-ebpf failed ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `cargo xtask setup`: everything building and testing need, installed only when
+//! missing. A second run checks and returns in seconds.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The toolchain that builds the eBPF crate (aya-build runs `rustup run nightly`).
+const NIGHTLY: &str = "nightly";
+/// bpf-linker release that builds against LLVM 21-23 (PLATFORM.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests use.
+const PACKAGES: &[&str] = &[
+    // Cross-checks, in the tests, that memwatch's programs are loaded and detached.
+    "bpftool",
+];
+
+pub fn run() -> Result<()> {
+    let start = std::time::Instant::now();
+    rust_src()?;
+    bpf_linker()?;
+    packages()?;
+    eprintln!("xtask: setup done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Cargo's bin folder, where bpf-linker is installed.
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+/// PATH with cargo's bin folder in front, so bpf-linker is found without anyone
+/// exporting anything.
+pub fn path_with_tools() -> OsString {
+    let mut dirs = vec![cargo_bin()];
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(dirs).expect("PATH entries")
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rustup(args: &[&str]) -> Command {
+    let mut c = Command::new("rustup");
+    c.args(args)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO");
+    c
+}
+
+/// `rust-src` for the nightly (needed by `-Z build-std=core`).
+fn rust_src() -> Result<()> {
+    let toolchains = output(&mut rustup(&["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        bail!(
+            "no nightly toolchain: the eBPF programs need one (`rustup toolchain install nightly`; \
+             PLATFORM.md lists the one that works here, 1.97.0 2026-05-19)"
+        );
+    }
+    let installed = output(&mut rustup(&[
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: rust-src for {NIGHTLY}: present");
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for {NIGHTLY}");
+    output(&mut rustup(&[
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    Ok(())
+}
+
+/// The nightly's sysroot and its LLVM major version.
+fn nightly_llvm() -> Result<(PathBuf, String)> {
+    let sysroot = output(&mut rustup(&[
+        "run", NIGHTLY, "rustc", "--print", "sysroot",
+    ]))?;
+    let vv = output(&mut rustup(&["run", NIGHTLY, "rustc", "-vV"]))?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in `rustc +nightly -vV`")?
+        .to_string();
+    Ok((PathBuf::from(sysroot.trim()), major))
+}
+
+/// The stamp that says which nightly LLVM the installed bpf-linker was built against.
+fn stamp_path() -> PathBuf {
+    cargo_bin().join(".memwatch-bpf-linker.stamp")
+}
+
+/// bpf-linker built against the nightly's own libLLVM, with an rpath to it.
+fn bpf_linker() -> Result<()> {
+    let (sysroot, major) = nightly_llvm()?;
+    let lib = sysroot.join("lib");
+    let want_stamp = format!("{BPF_LINKER_VERSION} {}\n", lib.display());
+    let linker = cargo_bin().join("bpf-linker");
+    let runs = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let stamp = std::fs::read_to_string(stamp_path()).unwrap_or_default();
+    if runs && stamp == want_stamp {
+        eprintln!("xtask: bpf-linker {BPF_LINKER_VERSION} (LLVM {major}): present");
+        return Ok(());
+    }
+
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| format!("no libLLVM in {}: is the nightly complete?", lib.display()))?;
+    let prefix = std::env::temp_dir().join(format!("memwatch-llvm-prefix-{major}"));
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let link = prefix_lib.join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("symlinking {}", link.display()))?;
+
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major}); about a minute",
+        libllvm.display()
+    );
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--force",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+        )
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed ({status})");
+    }
+    let out = output(Command::new(&linker).arg("--version"))
+        .context("the freshly built bpf-linker does not run")?;
+    std::fs::write(stamp_path(), want_stamp)?;
+    eprintln!("xtask: installed {}", out.trim());
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Debian packages, installed with apt when missing.
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("xtask: Debian packages: present ({})", PACKAGES.join(", "));
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!("missing packages {missing:?} and no apt-get: install them by hand");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install {}` or run this as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing Debian packages {missing:?}");
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("running apt-get {}", args.join(" ")))?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}
