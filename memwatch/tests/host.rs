@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{read_meminfo, root_or_skip, Agent, TempFile, BIN};
+use common::{bin, probe_mode, read_meminfo, root_or_skip, Agent, TempFile};
 
 /// Every /proc/meminfo field is exported, in bytes (counts for HugePages_*), and agrees
 /// with /proc/meminfo read around the scrape.
@@ -62,7 +62,12 @@ fn probes_report_matches_run() {
     if !root_or_skip("probes_report_matches_run") {
         return;
     }
-    let out = Command::new(BIN).arg("probes").output().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("probes");
+    if let Some(mode) = probe_mode() {
+        cmd.arg(format!("--probe-mode={mode}"));
+    }
+    let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(
@@ -160,7 +165,7 @@ fn forced_tracepoint_mode() {
 #[test]
 fn without_privileges_one_line_and_exit_2() {
     for args in [&["run"][..], &["probes"][..]] {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(args)
             .arg("--log.level=error")
             .stdout(Stdio::null());
@@ -194,7 +199,7 @@ fn without_privileges_one_line_and_exit_2() {
 #[test]
 fn bad_config_names_the_key() {
     let cfg = TempFile::new("bad.toml", "[web]\nlisten_adress = \":1\"\n");
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["run", "--config", cfg.0.to_str().unwrap()])
         .output()
         .unwrap();
@@ -203,19 +208,19 @@ fn bad_config_names_the_key() {
     assert!(err.contains("listen_adress"), "{err}");
     assert!(err.contains(cfg.0.to_str().unwrap()), "{err}");
 
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["config", "--check", cfg.0.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["config", "--print-default"])
         .output()
         .unwrap();
     assert!(out.status.success());
     let good = TempFile::new("default.toml", &String::from_utf8_lossy(&out.stdout));
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["config", "--check", good.0.to_str().unwrap()])
         .output()
         .unwrap();

@@ -66,7 +66,7 @@ fn real_main() -> Result<()> {
             ebpf_clippy()?;
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
-            cargo(&["test", "--workspace", "--", "--test-threads=1"])?;
+            cargo(&["test", "--", "--test-threads=1"])?;
             Ok(())
         }
     }

@@ -11,7 +11,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_memwatch");
+/// The memwatch binary: `MEMWATCH_BIN` when set (the VM harness copies binaries to
+/// other paths), else the one cargo built for this test.
+pub fn bin() -> String {
+    std::env::var("MEMWATCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_memwatch").to_string())
+}
+
+/// The probe mode every agent a test starts is forced to (`MEMWATCH_TEST_PROBE_MODE`:
+/// auto, fentry, kprobe, tracepoint), so one suite runs once per rung.
+pub fn probe_mode() -> Option<String> {
+    std::env::var("MEMWATCH_TEST_PROBE_MODE")
+        .ok()
+        .filter(|m| !m.is_empty())
+}
 
 /// True when running as root; otherwise prints why `test` is skipped.
 pub fn root_or_skip(test: &str) -> bool {
@@ -63,10 +75,16 @@ impl Agent {
         let port = free_port();
         let log =
             std::env::temp_dir().join(format!("memwatch-test-{}-{port}.log", std::process::id()));
-        let child = Command::new(BIN)
-            .arg("run")
+        let mut cmd = Command::new(bin());
+        cmd.arg("run")
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(extra)
+            .args(extra);
+        if let Some(mode) = probe_mode() {
+            if !extra.iter().any(|a| a.starts_with("--probe-mode")) {
+                cmd.arg(format!("--probe-mode={mode}"));
+            }
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
