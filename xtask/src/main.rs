@@ -66,10 +66,51 @@ fn real_main() -> Result<()> {
             ebpf_clippy()?;
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
-            cargo(&["test", "--", "--test-threads=1"])?;
-            Ok(())
+            test_summary(&["test", "--", "--test-threads=1"])
         }
     }
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one line that sums
+/// every test binary's result, so a reader (or CI) sees the whole count at the end.
+fn test_summary(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PATH", setup::path_with_tools())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with("SKIP ") {
+            skipped += 1;
+        }
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut w = part.split_whitespace();
+                if let (Some(n), Some(what)) = (w.next(), w.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).
