@@ -99,50 +99,199 @@ pub mod fault {
 
 /// Indices of the per-CPU `STATS` array: the programs' own bookkeeping.
 pub mod stat {
-    /// New rows inserted into the per-process fault table.
-    pub const PROC_FAULT_INSERTS: u32 = 0;
-    /// Inserts into the per-process fault table that failed (the fault is still
-    /// counted globally and so lands in the `other` row).
-    pub const PROC_FAULT_INSERT_ERRORS: u32 = 1;
+    /// New rows inserted into the per-process table `PROCS`.
+    pub const PROC_INSERTS: u32 = 0;
+    /// Inserts into `PROCS` that failed (the event is still counted globally and so
+    /// lands in the `other` row).
+    pub const PROC_INSERT_ERRORS: u32 = 1;
     /// Tracepoint records that could not be read.
     pub const TP_READ_ERRORS: u32 = 2;
-    /// New rows inserted into the per-process COW table.
-    pub const PROC_COW_INSERTS: u32 = 3;
-    /// Inserts into the per-process COW table that failed.
-    pub const PROC_COW_INSERT_ERRORS: u32 = 4;
-    /// Write-protect faults seen by the function-hook COW rung (fentry/kprobe).
-    pub const COW_WP_CALLS: u32 = 5;
+    /// Inserts into a keyed table (histograms per comm/process, devices) that failed.
+    pub const KEYED_INSERT_ERRORS: u32 = 3;
+    /// Function-exit events whose entry was not seen (attached mid-call, or table full).
+    pub const MISSED_ENTRIES: u32 = 4;
     /// Number of slots.
     pub const SLOTS: u32 = 8;
 }
 
-/// Per-process page-fault counts (value of the `PROC_FAULTS` LRU map, key: tgid).
+/// Counters kept per process (columns of `ProcRow::counts`) and, at the same index,
+/// globally (the per-CPU `GLOBALS` array), so per-process rows plus `other` sum to the
+/// global value.
+pub mod proc {
+    use super::fault;
+    // 0..fault::SLOTS: page faults by (kind, mode), from the page-fault tracepoints.
+    /// Major faults (handle_mm_fault returned VM_FAULT_MAJOR).
+    pub const MAJOR_FAULTS: usize = fault::SLOTS;
+    /// Faults handled without I/O.
+    pub const MINOR_FAULTS: usize = fault::SLOTS + 1;
+    /// `do_wp_page` calls: write-protect faults handled.
+    pub const WP_CALLS: usize = fault::SLOTS + 2;
+    /// Write-protect faults that copied the page.
+    pub const COW_COPIES: usize = fault::SLOTS + 3;
+    /// Write-protect faults that reused the page (sole owner, or a shared mapping).
+    pub const COW_REUSES: usize = fault::SLOTS + 4;
+    /// Write-protect faults on a transparent huge page (`do_huge_pmd_wp_page`).
+    pub const THP_WP_FAULTS: usize = fault::SLOTS + 5;
+    /// Sum of `do_wp_page` durations, ns.
+    pub const WP_NS: usize = fault::SLOTS + 6;
+    /// Process forks (clone without CLONE_VM, fork).
+    pub const FORKS: usize = fault::SLOTS + 7;
+    /// vfork / clone with CLONE_VFORK.
+    pub const VFORKS: usize = fault::SLOTS + 8;
+    /// Threads created (clone with CLONE_VM, not vfork).
+    pub const THREADS: usize = fault::SLOTS + 9;
+    /// Sum of fork syscall durations (process forks), ns.
+    pub const FORK_NS: usize = fault::SLOTS + 10;
+    /// Sum of `dup_mmap` durations (address-space copy in fork), ns.
+    pub const DUP_MMAP_NS: usize = fault::SLOTS + 11;
+    /// Pages dirtied (writeback_dirty_folio/page: one per folio).
+    pub const DIRTIED: usize = fault::SLOTS + 12;
+    /// balance_dirty_pages pauses.
+    pub const THROTTLE_COUNT: usize = fault::SLOTS + 13;
+    /// balance_dirty_pages pause time, ns.
+    pub const THROTTLE_NS: usize = fault::SLOTS + 14;
+    /// Direct reclaim episodes.
+    pub const DIRECT_RECLAIM_COUNT: usize = fault::SLOTS + 15;
+    /// Direct reclaim time, ns.
+    pub const DIRECT_RECLAIM_NS: usize = fault::SLOTS + 16;
+    /// Pages reclaimed by direct reclaim.
+    pub const DIRECT_RECLAIMED: usize = fault::SLOTS + 17;
+    /// Memory-cgroup limit reclaim episodes.
+    pub const MEMCG_RECLAIM_COUNT: usize = fault::SLOTS + 18;
+    /// Memory-cgroup limit reclaim time, ns.
+    pub const MEMCG_RECLAIM_NS: usize = fault::SLOTS + 19;
+    /// Pages reclaimed by memory-cgroup limit reclaim.
+    pub const MEMCG_RECLAIMED: usize = fault::SLOTS + 20;
+    /// Number of per-process counters.
+    pub const COUNTERS: usize = fault::SLOTS + 21;
+}
+
+/// Global-only counters, in `GLOBALS` after the per-process ones.
+pub mod global {
+    use super::proc;
+    /// Pages written by flusher/sync writeback, by reason: `WRITTEN + reason`
+    /// (reasons 0..WB_REASONS, the kernel's `enum wb_reason`; `WB_REASONS` = not in
+    /// flusher work).
+    pub const WRITTEN: usize = proc::COUNTERS;
+    /// Slots for writeback reasons (the kernel has 10; one more for "none").
+    pub const WB_REASONS: usize = 12;
+    /// Pages reclaim wrote out itself (`mm_vmscan_write_folio`), anon and file.
+    pub const VMSCAN_WRITE_ANON: usize = WRITTEN + WB_REASONS;
+    pub const VMSCAN_WRITE_FILE: usize = VMSCAN_WRITE_ANON + 1;
+    /// Reclaim throttling (`mm_vmscan_throttled`): count and delay (µs) by reason
+    /// (0 writeback, 1 isolated, 2 noprogress, 3 congested).
+    pub const THROTTLED: usize = VMSCAN_WRITE_FILE + 1;
+    pub const THROTTLE_REASONS: usize = 4;
+    pub const THROTTLED_US: usize = THROTTLED + THROTTLE_REASONS;
+    /// LRU insertions per list (`enum lru_list`: inactive/active anon/file,
+    /// unevictable), one per folio.
+    pub const LRU_INSERT: usize = THROTTLED_US + THROTTLE_REASONS;
+    pub const LRU_LISTS: usize = 5;
+    /// Folio activations (`mm_lru_activate`).
+    pub const LRU_ACTIVATE: usize = LRU_INSERT + LRU_LISTS;
+    /// Dirty limit (`global_dirty_state`: dirty_limit), pages: a gauge, last value.
+    pub const DIRTY_LIMIT: usize = LRU_ACTIVATE + 1;
+    /// Number of global slots.
+    pub const SLOTS: usize = DIRTY_LIMIT + 1;
+}
+
+/// Per-NUMA-node counters (`NODES[nid * node::COUNTERS + i]`).
+pub mod node {
+    pub const MAX_NODES: usize = 64;
+    pub const KSWAPD_WAKE: usize = 0;
+    // mm_vmscan_lru_shrink_inactive
+    pub const INACTIVE_SCANNED: usize = 1;
+    pub const INACTIVE_RECLAIMED: usize = 2;
+    pub const INACTIVE_DIRTY: usize = 3;
+    pub const INACTIVE_WRITEBACK: usize = 4;
+    pub const INACTIVE_CONGESTED: usize = 5;
+    pub const INACTIVE_IMMEDIATE: usize = 6;
+    pub const INACTIVE_ACTIVATE_ANON: usize = 7;
+    pub const INACTIVE_ACTIVATE_FILE: usize = 8;
+    pub const INACTIVE_REF_KEEP: usize = 9;
+    pub const INACTIVE_UNMAP_FAIL: usize = 10;
+    // mm_vmscan_lru_shrink_active
+    pub const ACTIVE_TAKEN: usize = 11;
+    pub const ACTIVE_ACTIVE: usize = 12;
+    pub const ACTIVE_DEACTIVATED: usize = 13;
+    pub const ACTIVE_REFERENCED: usize = 14;
+    pub const COUNTERS: usize = 16;
+}
+
+/// Log2 histograms of durations in ns: bucket b counts values in [2^(b-1), 2^b).
+pub mod hist {
+    pub const BUCKETS: usize = 40;
+    /// In `HistKey::bucket`: the slot holding the sum of the observed values (ns).
+    pub const SUM_BUCKET: u32 = BUCKETS as u32;
+    /// `do_wp_page` duration.
+    pub const WP_FAULT: u32 = 0;
+    /// Fork syscall duration (process forks).
+    pub const FORK: u32 = 1;
+    /// `dup_mmap` duration.
+    pub const DUP_MMAP: u32 = 2;
+    /// Direct reclaim duration.
+    pub const DIRECT_RECLAIM: u32 = 3;
+    /// Memory-cgroup reclaim duration.
+    pub const MEMCG_RECLAIM: u32 = 4;
+    /// balance_dirty_pages pause.
+    pub const THROTTLE: u32 = 5;
+    pub const COUNT: u32 = 6;
+
+    /// The bucket of a value: the number of significant bits, capped.
+    #[inline(always)]
+    pub const fn bucket(v: u64) -> u32 {
+        let b = 64 - v.leading_zeros();
+        if b as usize >= BUCKETS {
+            BUCKETS as u32 - 1
+        } else {
+            b
+        }
+    }
+}
+
+/// A row of the per-process table `PROCS` (key: tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ProcFaults {
-    /// Faults by `fault::slot(kind, mode)`.
-    pub counts: [u64; fault::SLOTS],
+pub struct ProcRow {
+    /// Counters by `proc::*` (the first `fault::SLOTS` by fault slot).
+    pub counts: [u64; proc::COUNTERS],
     /// `comm` of the thread that created the row.
     pub comm: [u8; COMM_LEN],
 }
 
-/// Per-process counts of the COW family on a function-hook rung (value of the
-/// `PROC_COW` LRU map, key: tgid).
+/// Key of `KEYED_HISTS`: one histogram bucket of one process (`tgid` != 0) or one
+/// command name (`tgid` == 0).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ProcCow {
-    /// Write-protect faults handled (`do_wp_page` calls).
-    pub wp_faults: u64,
-    /// `comm` of the thread that created the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub hist: u32,
+    pub bucket: u32,
+    pub tgid: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
+
+/// Key of `DEVICES`: pages dirtied (`what` 0) or written (`what` 1, by `reason`) per
+/// backing device (the bdi name, e.g. `254:0`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DevKey {
+    pub name: [u8; 32],
+    pub what: u32,
+    pub reason: u32,
+}
+
+pub const DEV_DIRTIED: u32 = 0;
+pub const DEV_WRITTEN: u32 = 1;
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding.
-    unsafe impl aya::Pod for super::ProcFaults {}
+    unsafe impl aya::Pod for super::ProcRow {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::ProcCow {}
+    unsafe impl aya::Pod for super::HistKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DevKey {}
 }
 
 #[cfg(test)]
@@ -161,5 +310,23 @@ mod tests {
         assert_eq!(kind(0b10101), KIND_EXEC);
         assert_eq!(mode(0b011), MODE_KERNEL);
         assert_eq!(slot(KIND_EXEC, MODE_KERNEL) as usize, SLOTS - 1);
+    }
+
+    #[test]
+    fn histogram_buckets() {
+        use crate::hist::*;
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(1), 1);
+        assert_eq!(bucket(1023), 10);
+        assert_eq!(bucket(1024), 11);
+        assert_eq!(bucket(u64::MAX), BUCKETS as u32 - 1);
+    }
+
+    #[test]
+    fn layouts_have_no_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<crate::ProcRow>(), 8 * crate::proc::COUNTERS + 16);
+        assert_eq!(size_of::<crate::HistKey>(), 32);
+        assert_eq!(size_of::<crate::DevKey>(), 40);
     }
 }

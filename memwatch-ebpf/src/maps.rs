@@ -1,30 +1,252 @@
-//! Maps shared by several probe areas, and small helpers around them.
+//! Maps shared by the probe areas, and the helpers every program uses to count.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use memwatch_common::stat;
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcRow, COMM_LEN};
 
 /// The programs' own bookkeeping, indexed by `memwatch_common::stat::*`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::SLOTS, 0);
 
-/// Adds one to a per-CPU counter.
+/// Global counters: `proc::*` (same index as in `ProcRow`), then `global::*`.
+#[map]
+pub static GLOBALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::SLOTS as u32, 0);
+
+/// Per-process counters (key: tgid). The agent sets `max_entries` from the config.
+#[map]
+pub static PROCS: LruHashMap<u32, ProcRow> = LruHashMap::with_max_entries(10240, 0);
+
+/// Global log2 histograms: `hist * BUCKETS + bucket`.
+#[map]
+pub static HISTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(hist::COUNT * hist::BUCKETS as u32, 0);
+
+/// Histograms per process or per comm.
+#[map]
+pub static KEYED_HISTS: LruHashMap<HistKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-node counters: `nid * node::COUNTERS + counter`.
+#[map]
+pub static NODES: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries((node::MAX_NODES * node::COUNTERS) as u32, 0);
+
+/// What a task is in the middle of, for entry/exit pairs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub start_ns: u64,
+    pub aux: u64,
+}
+
+pub const PENDING_WP: u32 = 0;
+pub const PENDING_FORK: u32 = 1;
+pub const PENDING_DUP_MMAP: u32 = 2;
+pub const PENDING_DIRECT_RECLAIM: u32 = 3;
+pub const PENDING_MEMCG_RECLAIM: u32 = 4;
+pub const PENDING_WB_WORK: u32 = 5;
+
+/// Key: (thread id << 8) | what.
+#[map]
+pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+
 #[inline(always)]
-pub fn inc(array: &PerCpuArray<u64>, index: u32) {
+fn pending_key(what: u32) -> u64 {
+    ((bpf_get_current_pid_tgid() & 0xffff_ffff) << 8) | what as u64
+}
+
+/// Records that the current thread entered `what`.
+#[inline(always)]
+pub fn begin(what: u32, aux: u64) {
+    let p = Pending {
+        start_ns: now(),
+        aux,
+    };
+    let _ = PENDING.insert(pending_key(what), p, 0);
+}
+
+/// The pending entry of the current thread for `what`, if any (not removed).
+#[inline(always)]
+pub fn pending(what: u32) -> Option<*mut Pending> {
+    PENDING.get_ptr_mut(pending_key(what))
+}
+
+/// Ends `what` for the current thread: (elapsed ns, aux), if its start was seen.
+#[inline(always)]
+pub fn end(what: u32) -> Option<(u64, u64)> {
+    let key = pending_key(what);
+    let p = match PENDING.get_ptr(key) {
+        Some(p) => p,
+        None => {
+            inc(&STATS, stat::MISSED_ENTRIES);
+            return None;
+        }
+    };
+    // SAFETY: a live map value.
+    let (start, aux) = unsafe { ((*p).start_ns, (*p).aux) };
+    let _ = PENDING.remove(key);
+    Some((now().saturating_sub(start), aux))
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Adds `n` to a per-CPU counter.
+#[inline(always)]
+pub fn add(array: &PerCpuArray<u64>, index: u32, n: u64) {
     if let Some(p) = array.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }
 
-/// Adds one to a `u64` that other CPUs may update at the same time.
+/// Adds one to a per-CPU counter.
 #[inline(always)]
-pub fn atomic_inc(p: *mut u64) {
+pub fn inc(array: &PerCpuArray<u64>, index: u32) {
+    add(array, index, 1);
+}
+
+/// Adds `n` to a `u64` that other CPUs may update at the same time.
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, n: u64) {
     // SAFETY: `p` points into a map value that lives as long as the map. The result is
     // unused, so LLVM emits a plain BPF atomic add (no BPF_FETCH, which needs 5.12).
     // The BPF target has no `AtomicU64::fetch_add`, hence the intrinsic.
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            p, 1,
+            p, n,
         )
     };
+}
+
+/// The current process's row, created if missing.
+#[inline(always)]
+fn proc_row() -> Option<*mut ProcRow> {
+    let tgid = tgid();
+    if let Some(row) = PROCS.get_ptr_mut(tgid) {
+        return Some(row);
+    }
+    let fresh = ProcRow {
+        counts: [0; proc::COUNTERS],
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    // BPF_NOEXIST: if another CPU raced us, keep its row and count into it.
+    if PROCS.insert(tgid, fresh, 1).is_ok() {
+        inc(&STATS, stat::PROC_INSERTS);
+    }
+    let row = PROCS.get_ptr_mut(tgid);
+    if row.is_none() {
+        inc(&STATS, stat::PROC_INSERT_ERRORS);
+    }
+    row
+}
+
+/// Adds `n` to counter `idx` (a `proc::*` index) globally and for the current process.
+#[inline(always)]
+pub fn count(idx: usize, n: u64) {
+    add(&GLOBALS, idx as u32, n);
+    if idx < proc::COUNTERS {
+        if let Some(row) = proc_row() {
+            // SAFETY: a live map value; the index is bounds-checked.
+            atomic_add(unsafe { &raw mut (*row).counts[idx] }, n);
+        }
+    }
+}
+
+/// Adds two counters at once (one table lookup).
+#[inline(always)]
+pub fn count2(a: usize, na: u64, b: usize, nb: u64) {
+    add(&GLOBALS, a as u32, na);
+    add(&GLOBALS, b as u32, nb);
+    if a < proc::COUNTERS && b < proc::COUNTERS {
+        if let Some(row) = proc_row() {
+            // SAFETY: a live map value; the indices are bounds-checked.
+            unsafe {
+                atomic_add(&raw mut (*row).counts[a], na);
+                atomic_add(&raw mut (*row).counts[b], nb);
+            }
+        }
+    }
+}
+
+/// Records `ns` in global histogram `h`.
+#[inline(always)]
+pub fn observe(h: u32, ns: u64) {
+    inc(&HISTS, h * hist::BUCKETS as u32 + hist::bucket(ns));
+}
+
+/// Records `ns` in histogram `h` of the current process (`per_process`) or comm: one
+/// slot for the bucket, one (`hist::SUM_BUCKET`) for the sum.
+#[inline(always)]
+pub fn observe_keyed(h: u32, ns: u64, per_process: bool) {
+    let mut key = HistKey {
+        hist: h,
+        bucket: hist::bucket(ns),
+        tgid: if per_process { tgid() } else { 0 },
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    keyed_add(&KEYED_HISTS, &key, 1);
+    key.bucket = hist::SUM_BUCKET;
+    keyed_add(&KEYED_HISTS, &key, ns);
+}
+
+/// Adds `n` to the value of `key` in an LRU hash of counters, creating it if missing.
+#[inline(always)]
+pub fn keyed_add<K>(map: &LruHashMap<K, u64>, key: &K, n: u64) {
+    if let Some(p) = map.get_ptr_mut(key) {
+        atomic_add(p, n);
+    } else if map.insert(key, n, 1).is_err() {
+        // Raced with another CPU: count into its slot.
+        match map.get_ptr_mut(key) {
+            Some(p) => atomic_add(p, n),
+            None => inc(&STATS, stat::KEYED_INSERT_ERRORS),
+        }
+    }
+}
+
+/// Adds `n` to a per-node counter.
+#[inline(always)]
+pub fn node_add(nid: i32, counter: usize, n: u64) {
+    if nid >= 0 && (nid as usize) < node::MAX_NODES {
+        add(&NODES, (nid as usize * node::COUNTERS + counter) as u32, n);
+    }
+}
+
+/// Declares tracepoint field offsets that the agent sets from tracefs at load time.
+/// The defaults are this project's 6.x layouts; the agent always overrides them.
+#[macro_export]
+macro_rules! offsets {
+    ($($name:ident = $default:expr;)*) => {
+        $(
+            #[unsafe(no_mangle)]
+            static $name: aya_ebpf::Global<u32> = aya_ebpf::Global::new($default);
+        )*
+    };
+}
+
+/// Reads a field of a tracepoint record at the offset held by `off`.
+#[inline(always)]
+pub fn field<T>(
+    ctx: &aya_ebpf::programs::TracePointContext,
+    off: &aya_ebpf::Global<u32>,
+) -> Result<T, ()> {
+    // SAFETY: bpf_probe_read_kernel of the record the kernel handed us.
+    match unsafe { ctx.read_at::<T>(off.load() as usize) } {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            inc(&STATS, stat::TP_READ_ERRORS);
+            Err(())
+        }
+    }
 }

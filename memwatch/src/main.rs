@@ -74,7 +74,7 @@ struct ProbesArgs {
     #[arg(long = "probe-mode", value_enum)]
     probe_mode: Option<ProbeMode>,
     /// Log level (RUST_LOG, when set, wins).
-    #[arg(long = "log.level", value_enum, default_value = "warn")]
+    #[arg(long = "log.level", value_enum, default_value = "error")]
     log_level: LogLevel,
 }
 
@@ -211,18 +211,14 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
             match attach_probes(&cfg, false) {
                 Ok(mut a) => {
                     forward_ebpf_logs(&mut a.ebpf);
-                    let chosen = |name: &str| {
-                        a.outcomes
-                            .iter()
-                            .find(|o| o.hook.name == name)
-                            .and_then(|o| o.chosen)
-                    };
-                    let faults = chosen("page_fault") == Some(Mode::Tracepoint);
-                    let cow = chosen("do_wp_page");
+                    let attached_hooks = a
+                        .outcomes
+                        .iter()
+                        .filter_map(|o| o.chosen.map(|m| (o.hook.name, m)))
+                        .collect();
                     match collectors::bpf::Bpf::new(
                         &mut a.ebpf,
-                        faults,
-                        cow,
+                        attached_hooks,
                         cfg.tables.process_top_n,
                         cfg.tables.process_max_entries,
                     ) {

@@ -1,7 +1,9 @@
 //! Small builders for Prometheus metric families, so collectors read as lists of
 //! samples instead of protobuf plumbing.
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 
 /// One metric family under construction.
 pub struct Family(MetricFamily);
@@ -17,6 +19,11 @@ impl Family {
         Self::new(name, help, MetricType::GAUGE)
     }
 
+    /// A histogram family; samples go in with `histogram`.
+    pub fn histogram(name: impl Into<String>, help: impl Into<String>) -> Self {
+        Self::new(name, help, MetricType::HISTOGRAM)
+    }
+
     fn new(name: impl Into<String>, help: impl Into<String>, kind: MetricType) -> Self {
         let mut mf = MetricFamily::default();
         mf.set_name(name.into());
@@ -28,17 +35,7 @@ impl Family {
     /// Adds one sample with the given labels.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
         let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name((*k).to_string());
-                    l.set_value((*v).to_string());
-                    l
-                })
-                .collect(),
-        );
+        m.set_label(label_pairs(labels));
         if self.0.get_field_type() == MetricType::COUNTER {
             let mut c = Counter::default();
             c.set_value(value);
@@ -52,12 +49,54 @@ impl Family {
         self
     }
 
+    /// Adds one histogram: `buckets` are (upper bound, cumulative count), ascending;
+    /// `count` is the +Inf bucket.
+    pub fn histogram_sample(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: f64,
+    ) -> &mut Self {
+        let mut h = Histogram::default();
+        h.set_sample_count(count);
+        h.set_sample_sum(sum);
+        h.set_bucket(
+            buckets
+                .iter()
+                .map(|&(le, c)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(le);
+                    b.set_cumulative_count(c);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = Metric::default();
+        m.set_label(label_pairs(labels));
+        m.set_histogram(h);
+        self.0.mut_metric().push(m);
+        self
+    }
+
     /// Adds the family to `out` if it has samples.
     pub fn push_to(self, out: &mut Vec<MetricFamily>) {
         if !self.0.get_metric().is_empty() {
             out.push(self.0);
         }
     }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
 }
 
 /// Encodes families in the Prometheus text exposition format.

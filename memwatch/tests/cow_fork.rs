@@ -7,99 +7,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{root_or_skip, Agent, TempFile};
+use common::{root_or_skip, workload::Ctl, workload::Workload, Agent, TempFile};
 
 /// Pages written after the fork (64 MiB with 4 KiB pages).
 const PAGES: usize = 16384;
 
-/// The workload runs in a process forked from the test (single-threaded, so nothing but
-/// the workload faults in it). It talks to the test over two pipes and, after the fork,
-/// only makes raw syscalls.
-struct Workload {
-    pid: i32,
-    ctl: i32,
-    rep: i32,
-}
-
-fn pipe() -> (i32, i32) {
-    let mut fds = [0; 2];
-    // SAFETY: valid out-array of two fds.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    (fds[0], fds[1])
-}
-
-fn read_byte(fd: i32) -> u8 {
-    let mut b = 0u8;
-    // SAFETY: reading one byte into a valid buffer.
-    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
-    if n == 1 {
-        b
-    } else {
-        0
-    }
-}
-
-fn write_byte(fd: i32, b: u8) {
-    // SAFETY: writing one byte from a valid buffer.
-    unsafe { libc::write(fd, (&raw const b).cast(), 1) };
-}
-
-impl Workload {
-    /// Forks the workload; returns once it has populated its pages and forked its child.
-    fn start(pages: usize) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let (ctl_r, ctl_w) = pipe();
-        let (rep_r, rep_w) = pipe();
-        // SAFETY: the child only makes async-signal-safe calls and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // SAFETY: raw syscalls on memory this process maps itself.
-            unsafe { workload_main(pages, page, ctl_r, rep_w) }
-        }
-        // SAFETY: closing our copies of the child's ends.
-        unsafe {
-            libc::close(ctl_r);
-            libc::close(rep_w);
-        }
-        let w = Self {
-            pid,
-            ctl: ctl_w,
-            rep: rep_r,
-        };
-        assert_eq!(read_byte(w.rep), b'F', "workload did not fork");
-        w
-    }
-
-    /// Tells the workload to write its pages; returns when it has.
-    fn write_pages(&self) {
-        write_byte(self.ctl, b'G');
-        assert_eq!(read_byte(self.rep), b'W', "workload did not write");
-    }
-
-    /// Lets the workload's child and then the workload exit, and reaps it.
-    fn finish(self) {
-        write_byte(self.ctl, b'X');
-        let mut status = 0;
-        // SAFETY: reaping the child we forked.
-        unsafe {
-            libc::waitpid(self.pid, &mut status, 0);
-            libc::close(self.ctl);
-            libc::close(self.rep);
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "workload failed: {status}"
-        );
-    }
-}
-
-/// The workload process: populate, fork a child that waits, write one byte per page on
-/// command, then release the child and exit.
-unsafe fn workload_main(pages: usize, page: usize, ctl: i32, rep: i32) -> ! {
+/// Populate PAGES pages, fork a child that waits, report 'F'; on 'G' write one byte
+/// per page and report 'W'; then release the child.
+fn cow_body(ctl: &Ctl) -> i32 {
+    // SAFETY: raw syscalls on memory this process maps itself.
     unsafe {
-        let len = pages * page;
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let len = PAGES * page;
         let p = libc::mmap(
             std::ptr::null_mut(),
             len,
@@ -109,43 +28,45 @@ unsafe fn workload_main(pages: usize, page: usize, ctl: i32, rep: i32) -> ! {
             0,
         ) as *mut u8;
         if p as *mut libc::c_void == libc::MAP_FAILED {
-            libc::_exit(10);
+            return 10;
         }
         // 4 KiB pages only: a THP would turn N faults into N/512.
         libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
-        for i in 0..pages {
+        for i in 0..PAGES {
             std::ptr::write_volatile(p.add(i * page), 1);
         }
-        let (hold_r, hold_w) = pipe();
+        let (hold_r, hold_w) = common::workload::pipe();
         let child = libc::fork();
         if child < 0 {
-            libc::_exit(11);
+            return 11;
         }
         if child == 0 {
             libc::close(hold_w);
-            read_byte(hold_r); // EOF when the parent closes hold_w
+            common::workload::read_byte(hold_r); // EOF when the parent closes hold_w
             libc::_exit(0);
         }
         libc::close(hold_r);
-        write_byte(rep, b'F');
-        if read_byte(ctl) != b'G' {
-            libc::_exit(12);
+        ctl.report(b'F');
+        if ctl.wait() != b'G' {
+            return 12;
         }
-        for i in 0..pages {
+        for i in 0..PAGES {
             std::ptr::write_volatile(p.add(i * page + 1), 2);
         }
-        write_byte(rep, b'W');
-        read_byte(ctl);
+        ctl.report(b'W');
         libc::close(hold_w);
         let mut status = 0;
         libc::waitpid(child, &mut status, 0);
-        libc::_exit(0)
+        0
     }
 }
 
 fn wp_faults(m: &common::Metrics, pid: i32) -> f64 {
-    m.get("memwatch_wp_faults_total", &[("pid", &pid.to_string())])
-        .unwrap_or(0.0)
+    m.get(
+        "memwatch_process_wp_faults_total",
+        &[("pid", &pid.to_string())],
+    )
+    .unwrap_or(0.0)
 }
 
 #[test]
@@ -157,11 +78,14 @@ fn parent_write_protect_faults_match_pages_written() {
     let cfg = TempFile::new("cow.toml", "[tables]\nprocess_top_n = 100000\n");
     let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
 
-    let w = Workload::start(PAGES);
+    let w = Workload::spawn(cow_body);
+    w.expect(b'F');
     let before = agent.scrape();
-    w.write_pages();
+    w.send(b'G');
+    w.expect(b'W');
     let after = agent.scrape();
     let pid = w.pid;
+    w.wait_done();
     w.finish();
 
     let delta = wp_faults(&after, pid) - wp_faults(&before, pid);
@@ -172,18 +96,8 @@ fn parent_write_protect_faults_match_pages_written() {
         "write-protect faults {delta} not in [{lo}, {hi}]\n{}",
         after.text
     );
-    let global = |m: &common::Metrics| {
-        ["user", "kernel"]
-            .iter()
-            .map(|mode| {
-                m.get(
-                    "memwatch_page_faults_total",
-                    &[("kind", "write_protect"), ("mode", mode)],
-                )
-                .unwrap()
-            })
-            .sum::<f64>()
-    };
+    let global =
+        |m: &common::Metrics| m.sum("memwatch_page_faults_total", &[("kind", "write_protect")]);
     assert!(global(&after) - global(&before) >= delta);
 
     // bpftool (not memwatch) confirms the programs are in the kernel, then gone.

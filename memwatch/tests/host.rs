@@ -156,7 +156,7 @@ fn forced_tracepoint_mode() {
         m.text
     );
     assert!(m
-        .get("memwatch_wp_faults_total", &[("pid", "other")])
+        .get("memwatch_process_wp_faults_total", &[("pid", "other")])
         .is_some());
     assert!(agent.stop().success());
 }

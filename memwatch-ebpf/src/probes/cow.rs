@@ -1,56 +1,92 @@
-//! Copy-on-write, function-hook rungs: `do_wp_page` is entered once for every
-//! write-protect fault the kernel handles (copy or reuse). The tracepoint rung of this
-//! family needs no program of its own: it is the write-protect slot of `faults.rs`.
+//! Copy-on-write, function-hook rungs. `do_wp_page` is entered once for every
+//! write-protect fault the kernel handles; within it, `wp_page_reuse` runs when the page
+//! is reused (sole owner, or a shared mapping); a successful exit without reuse is a
+//! copy. `do_huge_pmd_wp_page` is the THP case. The tracepoint rung of this family has
+//! no program of its own: it is the write-protect slot of `faults.rs`.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{fentry, kprobe, map},
-    maps::LruHashMap,
-    programs::{FEntryContext, ProbeContext},
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use memwatch_common::{stat, ProcCow};
+use memwatch_common::{hist, proc};
 
-use crate::maps::{atomic_inc, inc, STATS};
+use crate::maps::{begin, count, count2, end, observe, pending, PENDING_WP};
 
-/// COW work per process (key: tgid).
-#[map]
-static PROC_COW: LruHashMap<u32, ProcCow> = LruHashMap::with_max_entries(10240, 0);
+/// Returns that mean no page was copied: OOM | SIGBUS | HWPOISON | HWPOISON_LARGE |
+/// SIGSEGV | RETRY | FALLBACK | COMPLETED (stable values since 5.x).
+const NOT_DONE: u32 = 0x1 | 0x2 | 0x10 | 0x20 | 0x40 | 0x400 | 0x800 | 0x4000;
+/// `Pending::aux` bit: wp_page_reuse ran inside this do_wp_page.
+const REUSED: u64 = 1;
 
 #[fentry(function = "do_wp_page")]
-pub fn cow_do_wp_page_fentry(_ctx: FEntryContext) -> u32 {
-    on_wp_fault();
+pub fn cow_wp_fentry(_ctx: FEntryContext) -> u32 {
+    begin(PENDING_WP, 0);
+    0
+}
+
+/// do_wp_page(struct vm_fault *vmf) -> vm_fault_t
+#[fexit(function = "do_wp_page")]
+pub fn cow_wp_fexit(ctx: FExitContext) -> u32 {
+    let ret: u64 = ctx.arg(1);
+    on_wp_done(ret as u32);
     0
 }
 
 #[kprobe]
-pub fn cow_do_wp_page_kprobe(_ctx: ProbeContext) -> u32 {
-    on_wp_fault();
+pub fn cow_wp_kprobe(_ctx: ProbeContext) -> u32 {
+    begin(PENDING_WP, 0);
+    0
+}
+
+#[kretprobe]
+pub fn cow_wp_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: u64 = ctx.ret();
+    on_wp_done(ret as u32);
     0
 }
 
 #[inline(always)]
-fn on_wp_fault() {
-    inc(&STATS, stat::COW_WP_CALLS);
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let row = match PROC_COW.get_ptr_mut(tgid) {
-        Some(row) => row,
-        None => {
-            let fresh = ProcCow {
-                wp_faults: 0,
-                comm: bpf_get_current_comm().unwrap_or([0; 16]),
-            };
-            if PROC_COW.insert(tgid, fresh, 1).is_ok() {
-                inc(&STATS, stat::PROC_COW_INSERTS);
-            }
-            match PROC_COW.get_ptr_mut(tgid) {
-                Some(row) => row,
-                None => {
-                    inc(&STATS, stat::PROC_COW_INSERT_ERRORS);
-                    return;
-                }
-            }
-        }
+fn on_wp_done(ret: u32) {
+    let Some((ns, aux)) = end(PENDING_WP) else {
+        return;
     };
-    // SAFETY: `row` points at a live map value.
-    atomic_inc(unsafe { &raw mut (*row).wp_faults });
+    count2(proc::WP_CALLS, 1, proc::WP_NS, ns);
+    observe(hist::WP_FAULT, ns);
+    if aux & REUSED != 0 {
+        count(proc::COW_REUSES, 1);
+    } else if ret & NOT_DONE == 0 {
+        count(proc::COW_COPIES, 1);
+    }
+}
+
+#[fentry(function = "wp_page_reuse")]
+pub fn cow_reuse_fentry(_ctx: FEntryContext) -> u32 {
+    mark_reused();
+    0
+}
+
+#[kprobe]
+pub fn cow_reuse_kprobe(_ctx: ProbeContext) -> u32 {
+    mark_reused();
+    0
+}
+
+#[inline(always)]
+fn mark_reused() {
+    if let Some(p) = pending(PENDING_WP) {
+        // SAFETY: a live map value of this thread's pending do_wp_page.
+        unsafe { (*p).aux |= REUSED };
+    }
+}
+
+#[fentry(function = "do_huge_pmd_wp_page")]
+pub fn cow_thp_fentry(_ctx: FEntryContext) -> u32 {
+    count(proc::THP_WP_FAULTS, 1);
+    0
+}
+
+#[kprobe]
+pub fn cow_thp_kprobe(_ctx: ProbeContext) -> u32 {
+    count(proc::THP_WP_FAULTS, 1);
+    0
 }

@@ -1,83 +1,76 @@
-//! Page faults: `exceptions:page_fault_user` and `exceptions:page_fault_kernel`.
-//!
-//! Both tracepoints share one layout (event class `x86_exceptions`); the agent reads the
-//! `error_code` offset from tracefs at start-up and sets `PF_ERROR_CODE_OFFSET`.
+//! Page faults.
+//! - `exceptions:page_fault_user` / `page_fault_kernel` (x86): every fault by kind,
+//!   decoded from the error code.
+//! - `handle_mm_fault` exit (fexit or kretprobe): major versus minor.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
-    programs::TracePointContext,
-    Global,
+    macros::{fexit, kretprobe, tracepoint},
+    programs::{FExitContext, RetProbeContext, TracePointContext},
 };
-use memwatch_common::{fault, stat, ProcFaults};
+use memwatch_common::{fault, proc};
 
-use crate::maps::{atomic_inc, inc, STATS};
+use crate::maps::{count, field};
 
-/// Offset of `error_code` in the tracepoint record (6.x: 24).
-#[unsafe(no_mangle)]
-static PF_ERROR_CODE_OFFSET: Global<u32> = Global::new(24);
-
-/// Faults by `fault::slot(kind, mode)`, per CPU.
-#[map]
-static FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fault::SLOTS as u32, 0);
-
-/// Faults per process (key: tgid). The agent sets `max_entries` from the config.
-#[map]
-static PROC_FAULTS: LruHashMap<u32, ProcFaults> = LruHashMap::with_max_entries(10240, 0);
+crate::offsets! {
+    OFF_PF_ERROR_CODE = 24;
+}
 
 #[tracepoint]
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    match try_page_fault(&ctx) {
-        Ok(()) | Err(()) => 0,
-    }
+    on_page_fault(&ctx);
+    0
 }
 
 #[tracepoint]
 pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
-    match try_page_fault(&ctx) {
-        Ok(()) | Err(()) => 0,
-    }
+    on_page_fault(&ctx);
+    0
 }
 
 #[inline(always)]
-fn try_page_fault(ctx: &TracePointContext) -> Result<(), ()> {
-    let offset = PF_ERROR_CODE_OFFSET.load() as usize;
-    // SAFETY: bpf_probe_read_kernel of the record the kernel handed us.
-    let error_code: u64 = match unsafe { ctx.read_at(offset) } {
-        Ok(v) => v,
-        Err(_) => {
-            inc(&STATS, stat::TP_READ_ERRORS);
-            return Err(());
+fn on_page_fault(ctx: &TracePointContext) {
+    if let Ok(error_code) = field::<u64>(ctx, &OFF_PF_ERROR_CODE) {
+        let slot = fault::slot(fault::kind(error_code), fault::mode(error_code)) as usize;
+        if slot < fault::SLOTS {
+            count(slot, 1);
         }
-    };
-    let slot = fault::slot(fault::kind(error_code), fault::mode(error_code));
-    inc(&FAULTS, slot);
-
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let row = match PROC_FAULTS.get_ptr_mut(tgid) {
-        Some(row) => row,
-        None => {
-            let fresh = ProcFaults {
-                counts: [0; fault::SLOTS],
-                comm: bpf_get_current_comm().unwrap_or([0; 16]),
-            };
-            // BPF_NOEXIST: if another CPU raced us, keep its row and count into it.
-            if PROC_FAULTS.insert(tgid, fresh, 1).is_ok() {
-                inc(&STATS, stat::PROC_FAULT_INSERTS);
-            }
-            match PROC_FAULTS.get_ptr_mut(tgid) {
-                Some(row) => row,
-                None => {
-                    inc(&STATS, stat::PROC_FAULT_INSERT_ERRORS);
-                    return Err(());
-                }
-            }
-        }
-    };
-    if (slot as usize) < fault::SLOTS {
-        // SAFETY: `row` points at a live map value; the index is bounds-checked.
-        atomic_inc(unsafe { &raw mut (*row).counts[slot as usize] });
     }
-    Ok(())
+}
+
+const VM_FAULT_MAJOR: u32 = 0x4;
+const VM_FAULT_RETRY: u32 = 0x400;
+/// OOM | SIGBUS | HWPOISON | HWPOISON_LARGE | SIGSEGV | FALLBACK.
+const VM_FAULT_ERROR: u32 = 0x873;
+const FAULT_FLAG_TRIED: u32 = 1 << 5;
+
+/// Counts a finished fault the way the kernel's own maj_flt/min_flt do
+/// (mm_account_fault): retried faults count when they complete, failed ones not at all.
+#[inline(always)]
+fn on_fault_done(ret: u32, flags: u32) {
+    if ret & (VM_FAULT_RETRY | VM_FAULT_ERROR) != 0 {
+        return;
+    }
+    if ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0 {
+        count(proc::MAJOR_FAULTS, 1);
+    } else {
+        count(proc::MINOR_FAULTS, 1);
+    }
+}
+
+/// handle_mm_fault(vma, address, flags, regs) -> vm_fault_t
+#[fexit(function = "handle_mm_fault")]
+pub fn faults_handle_mm_fault_fexit(ctx: FExitContext) -> u32 {
+    let flags: u64 = ctx.arg(2);
+    let ret: u64 = ctx.arg(4);
+    on_fault_done(ret as u32, flags as u32);
+    0
+}
+
+/// The kretprobe can't see the flags: a fault completed on retry counts as minor
+/// unless the handler itself said major.
+#[kretprobe]
+pub fn faults_handle_mm_fault_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: u64 = ctx.ret();
+    on_fault_done(ret as u32, 0);
+    0
 }

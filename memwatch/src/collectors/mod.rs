@@ -2,6 +2,7 @@
 //! metric families at scrape time, and the registry reports how each one did in
 //! `memwatch_scrape_collector_duration_seconds` and `memwatch_scrape_collector_success`.
 
+pub mod attribution;
 pub mod bpf;
 pub mod build_info;
 pub mod meminfo;

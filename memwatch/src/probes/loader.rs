@@ -4,11 +4,12 @@
 use std::io;
 
 use aya::{
-    programs::{FEntry, KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
     Ebpf,
 };
 
 use super::{
+    resolve_tracepoint,
     table::{Attach, Hook, Mode, HOOKS},
     KernelSupport,
 };
@@ -156,15 +157,11 @@ fn attach_one(
         },
         Attach::Tracepoint {
             program,
-            category,
-            name,
+            events,
+            fields,
         } => {
             let tracefs = support.tracefs.as_ref().map_err(Clone::clone)?;
-            if !tracefs.has_event(category, name) {
-                return Err(format!(
-                    "tracepoint {category}:{name} does not exist on this kernel"
-                ));
-            }
+            let ((category, name), _) = resolve_tracepoint(tracefs, events, fields)?;
             let p: &mut TracePoint = program_mut(ebpf, program)?;
             load_once(p.load()).map_err(|e| explain("load", &e))?;
             p.attach(category, name)
@@ -177,7 +174,13 @@ fn attach_one(
             load_once(p.load(function, btf)).map_err(|e| explain("load", &e))?;
             p.attach().map(drop).map_err(|e| explain("attach", &e))
         }
-        Attach::Kprobe { program, function } => {
+        Attach::Fexit { program, function } => {
+            let btf = support.btf.as_ref().map_err(Clone::clone)?;
+            let p: &mut FExit = program_mut(ebpf, program)?;
+            load_once(p.load(function, btf)).map_err(|e| explain("load", &e))?;
+            p.attach().map(drop).map_err(|e| explain("attach", &e))
+        }
+        Attach::Kprobe { program, function } | Attach::Kretprobe { program, function } => {
             support.kprobes.clone()?;
             let p: &mut KProbe = program_mut(ebpf, program)?;
             load_once(p.load()).map_err(|e| explain("load", &e))?;
@@ -208,18 +211,22 @@ fn load_once(r: Result<(), ProgramError>) -> Result<(), ProgramError> {
 
 /// Detaches and unloads the program of one attach point.
 fn unload(ebpf: &mut Ebpf, attach: &Attach) {
-    let result = match *attach {
-        Attach::Tracepoint { program, .. } => {
-            program_mut::<TracePoint>(ebpf, program).map(|p| p.unload())
+    let Some(name) = attach.program() else {
+        return;
+    };
+    let result = match attach {
+        Attach::Tracepoint { .. } => program_mut::<TracePoint>(ebpf, name).map(|p| p.unload()),
+        Attach::Fentry { .. } => program_mut::<FEntry>(ebpf, name).map(|p| p.unload()),
+        Attach::Fexit { .. } => program_mut::<FExit>(ebpf, name).map(|p| p.unload()),
+        Attach::Kprobe { .. } | Attach::Kretprobe { .. } => {
+            program_mut::<KProbe>(ebpf, name).map(|p| p.unload())
         }
-        Attach::Fentry { program, .. } => program_mut::<FEntry>(ebpf, program).map(|p| p.unload()),
-        Attach::Kprobe { program, .. } => program_mut::<KProbe>(ebpf, program).map(|p| p.unload()),
         Attach::Shared { .. } => return,
     };
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => log::debug!("unloading {attach:?}: {e}"),
-        Err(e) => log::debug!("unloading {attach:?}: {e}"),
+        Ok(Err(e)) => log::debug!("unloading {name}: {e}"),
+        Err(e) => log::debug!("unloading {name}: {e}"),
     }
 }
 

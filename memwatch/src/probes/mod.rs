@@ -59,35 +59,112 @@ fn kprobe_support(tracefs: Option<&Tracefs>) -> Result<(), String> {
     }
 }
 
+/// A tracepoint (category, name).
+pub type Event = (&'static str, &'static str);
+
+/// The event a tracepoint attach point uses on this kernel (the first of its
+/// alternatives that exists) and the offsets (global, offset) of the fields it reads,
+/// or why it can't.
+pub fn resolve_tracepoint(
+    tracefs: &Tracefs,
+    events: &[Event],
+    fields: &[(&'static str, &'static str)],
+) -> Result<(Event, Vec<(&'static str, u32)>), String> {
+    let (category, name) = *events
+        .iter()
+        .find(|(c, n)| tracefs.has_event(c, n))
+        .ok_or_else(|| {
+            let names: Vec<_> = events.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+            format!(
+                "tracepoint {} does not exist on this kernel",
+                names.join(" or ")
+            )
+        })?;
+    let mut offsets = Vec::new();
+    if !fields.is_empty() {
+        let format = tracefs.format(category, name).map_err(|e| e.to_string())?;
+        for (global, field) in fields {
+            let f = format.field(field).ok_or_else(|| {
+                format!("tracepoint {category}:{name} has no field {field} on this kernel")
+            })?;
+            offsets.push((*global, f.offset));
+        }
+    }
+    Ok(((category, name), offsets))
+}
+
+/// The kernel's HZ: from its config where readable, else measured from the jiffies
+/// counter in /proc/timer_list over 60 ms, else 250 (Debian's default).
+pub fn kernel_hz() -> u64 {
+    let release = crate::kernel_release();
+    if let Ok(cfg) = std::fs::read_to_string(format!("/boot/config-{release}")) {
+        if let Some(hz) = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return hz;
+        }
+    }
+    let jiffies = || -> Option<u64> {
+        let t = std::fs::read_to_string("/proc/timer_list").ok()?;
+        t.lines()
+            .find_map(|l| l.strip_prefix("jiffies:"))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let t0 = std::time::Instant::now();
+    if let Some(j0) = jiffies() {
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        if let Some(j1) = jiffies() {
+            let measured = (j1 - j0) as f64 / t0.elapsed().as_secs_f64();
+            let hz = [100u64, 250, 300, 1000]
+                .into_iter()
+                .min_by(|a, b| {
+                    (*a as f64 - measured)
+                        .abs()
+                        .total_cmp(&(*b as f64 - measured).abs())
+                })
+                .unwrap_or(250);
+            log::debug!("kernel HZ measured at {measured:.0}, taking {hz}");
+            return hz;
+        }
+    }
+    log::warn!("cannot tell the kernel's HZ; assuming 250 for dirty-throttle pause times");
+    250
+}
+
 /// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
 /// of this kernel and the configured table sizes.
 pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
-    let mut offsets = Vec::new();
+    let mut offsets: Vec<(&'static str, u32)> = Vec::new();
     if let Ok(tracefs) = &support.tracefs {
-        for fo in table::FIELD_OFFSETS {
-            match tracefs.format(fo.category, fo.event) {
-                Ok(fmt) => match fmt.field(fo.field) {
-                    Some(f) => offsets.push((fo.global, f.offset)),
-                    None => log::warn!(
-                        "{}:{} has no field {}; programs that read it will not attach",
-                        fo.category,
-                        fo.event,
-                        fo.field
-                    ),
-                },
-                Err(e) => log::debug!("{e}"),
+        for hook in table::HOOKS {
+            for rung in hook.rungs {
+                for a in rung.attach {
+                    if let table::Attach::Tracepoint { events, fields, .. } = a {
+                        match resolve_tracepoint(tracefs, events, fields) {
+                            Ok((_, found)) => {
+                                for (g, off) in found {
+                                    if !offsets.iter().any(|(x, _)| *x == g) {
+                                        offsets.push((g, off));
+                                    }
+                                }
+                            }
+                            Err(e) => log::debug!("{}/{}: {e}", hook.family, hook.name),
+                        }
+                    }
+                }
             }
         }
     }
+    let ns_per_jiffy: u64 = 1_000_000_000 / kernel_hz();
     let mut loader = EbpfLoader::new();
     for (global, offset) in &offsets {
         log::debug!("{global} = {offset}");
         loader.override_global(global, offset, true);
     }
-    let entries = cfg.tables.process_max_entries;
-    loader
-        .map_max_entries("PROC_FAULTS", entries)
-        .map_max_entries("PROC_COW", entries);
+    loader.override_global("NS_PER_JIFFY", &ns_per_jiffy, true);
+    loader.map_max_entries("PROCS", cfg.tables.process_max_entries);
     loader.load(OBJECT).context(
         "loading the eBPF object (creating its maps) failed: check that memwatch runs as root \
          or with CAP_BPF and CAP_PERFMON, and that RLIMIT_MEMLOCK is not too low",

@@ -36,14 +36,22 @@ impl fmt::Display for Mode {
 /// One program and where it attaches.
 #[derive(Debug, Clone, Copy)]
 pub enum Attach {
-    /// A tracepoint.
+    /// A tracepoint. `events` lists (category, name) alternatives, newest first (e.g.
+    /// `writeback_dirty_folio` on 5.17+, `writeback_dirty_page` before); the first that
+    /// exists is used. `fields` maps program globals to the record fields whose offsets
+    /// they receive (read from the event's tracefs `format` at start-up).
     Tracepoint {
         program: &'static str,
-        category: &'static str,
-        name: &'static str,
+        events: &'static [(&'static str, &'static str)],
+        fields: &'static [(&'static str, &'static str)],
     },
     /// A BTF trampoline at a kernel function's entry.
     Fentry {
+        program: &'static str,
+        function: &'static str,
+    },
+    /// A BTF trampoline at a kernel function's return.
+    Fexit {
         program: &'static str,
         function: &'static str,
     },
@@ -52,9 +60,28 @@ pub enum Attach {
         program: &'static str,
         function: &'static str,
     },
+    /// A kretprobe at a kernel function's return.
+    Kretprobe {
+        program: &'static str,
+        function: &'static str,
+    },
     /// No program of its own: this rung is fed by another hook's programs, which must
     /// be attached.
     Shared { hook: &'static str },
+}
+
+impl Attach {
+    /// The program this attach point loads, if any.
+    pub fn program(&self) -> Option<&'static str> {
+        match *self {
+            Attach::Tracepoint { program, .. }
+            | Attach::Fentry { program, .. }
+            | Attach::Fexit { program, .. }
+            | Attach::Kprobe { program, .. }
+            | Attach::Kretprobe { program, .. } => Some(program),
+            Attach::Shared { .. } => None,
+        }
+    }
 }
 
 /// One rung of a hook.
@@ -76,79 +103,444 @@ pub struct Hook {
     pub rungs: &'static [Rung],
 }
 
-/// A tracepoint field whose offset a program needs, and the global that receives it.
-#[derive(Debug, Clone, Copy)]
-pub struct FieldOffset {
-    pub global: &'static str,
-    pub category: &'static str,
-    pub event: &'static str,
-    pub field: &'static str,
+const FENTRY_NEEDS: &str = "BPF trampolines (fentry/fexit) and kernel BTF";
+const KPROBE_NEEDS: &str = "kprobes (CONFIG_KPROBE_EVENTS)";
+const KPROBE_LOSES: &str = "nothing; about 100 ns more per event than fentry";
+
+const TP_NEEDS_PF: &str = "exceptions:page_fault_user tracepoint (x86)";
+
+const fn fentry(attach: &'static [Attach]) -> Rung {
+    Rung {
+        mode: Mode::Fentry,
+        attach,
+        needs: FENTRY_NEEDS,
+        loses: "",
+    }
+}
+
+const fn kprobe(attach: &'static [Attach], loses: &'static str) -> Rung {
+    Rung {
+        mode: Mode::Kprobe,
+        attach,
+        needs: KPROBE_NEEDS,
+        loses,
+    }
+}
+
+const fn tracepoint(attach: &'static [Attach], needs: &'static str, loses: &'static str) -> Rung {
+    Rung {
+        mode: Mode::Tracepoint,
+        attach,
+        needs,
+        loses,
+    }
+}
+
+const fn tp(
+    program: &'static str,
+    events: &'static [(&'static str, &'static str)],
+    fields: &'static [(&'static str, &'static str)],
+) -> Attach {
+    Attach::Tracepoint {
+        program,
+        events,
+        fields,
+    }
 }
 
 /// Every hook memwatch knows, in attach order (a `Shared` rung names an earlier hook).
 pub const HOOKS: &[Hook] = &[
+    // ---- page faults
     Hook {
         family: "faults",
         name: "page_fault",
-        rungs: &[Rung {
-            mode: Mode::Tracepoint,
-            attach: &[
-                Attach::Tracepoint {
-                    program: "page_fault_user",
-                    category: "exceptions",
-                    name: "page_fault_user",
-                },
-                Attach::Tracepoint {
-                    program: "page_fault_kernel",
-                    category: "exceptions",
-                    name: "page_fault_kernel",
-                },
+        rungs: &[tracepoint(
+            &[
+                tp(
+                    "page_fault_user",
+                    &[("exceptions", "page_fault_user")],
+                    &[("OFF_PF_ERROR_CODE", "error_code")],
+                ),
+                tp(
+                    "page_fault_kernel",
+                    &[("exceptions", "page_fault_kernel")],
+                    &[("OFF_PF_ERROR_CODE", "error_code")],
+                ),
             ],
-            needs: "exceptions:page_fault_user/page_fault_kernel tracepoints (x86)",
-            loses: "",
-        }],
+            "exceptions:page_fault_user/page_fault_kernel tracepoints (x86)",
+            "",
+        )],
     },
+    Hook {
+        family: "faults",
+        name: "handle_mm_fault",
+        rungs: &[
+            fentry(&[Attach::Fexit {
+                program: "faults_handle_mm_fault_fexit",
+                function: "handle_mm_fault",
+            }]),
+            kprobe(
+                &[Attach::Kretprobe {
+                    program: "faults_handle_mm_fault_kretprobe",
+                    function: "handle_mm_fault",
+                }],
+                "a fault completed on retry (FAULT_FLAG_TRIED) counts as minor unless the \
+                 handler said major",
+            ),
+            tracepoint(
+                &[Attach::Shared { hook: "page_fault" }],
+                TP_NEEDS_PF,
+                "major versus minor faults",
+            ),
+        ],
+    },
+    // ---- copy-on-write
     Hook {
         family: "cow",
         name: "do_wp_page",
         rungs: &[
-            Rung {
-                mode: Mode::Fentry,
-                attach: &[Attach::Fentry {
-                    program: "cow_do_wp_page_fentry",
+            fentry(&[
+                Attach::Fentry {
+                    program: "cow_wp_fentry",
                     function: "do_wp_page",
-                }],
-                needs: "BPF trampolines (fentry) and kernel BTF",
-                loses: "",
-            },
-            Rung {
-                mode: Mode::Kprobe,
-                attach: &[Attach::Kprobe {
-                    program: "cow_do_wp_page_kprobe",
+                },
+                Attach::Fexit {
+                    program: "cow_wp_fexit",
                     function: "do_wp_page",
-                }],
-                needs: "kprobes (CONFIG_KPROBE_EVENTS)",
-                loses: "about 100 ns more per event than fentry",
-            },
-            Rung {
-                mode: Mode::Tracepoint,
-                attach: &[Attach::Shared { hook: "page_fault" }],
-                needs: "exceptions:page_fault_user tracepoint (x86)",
-                loses: "counts write faults on present pages (error code bits 0+1) instead of \
-                        do_wp_page calls: includes the rare write-protect faults that do_wp_page \
-                        does not handle, and (later) can't tell copies from reuses",
-            },
+                },
+            ]),
+            kprobe(
+                &[
+                    Attach::Kprobe {
+                        program: "cow_wp_kprobe",
+                        function: "do_wp_page",
+                    },
+                    Attach::Kretprobe {
+                        program: "cow_wp_kretprobe",
+                        function: "do_wp_page",
+                    },
+                ],
+                KPROBE_LOSES,
+            ),
+            tracepoint(
+                &[Attach::Shared { hook: "page_fault" }],
+                TP_NEEDS_PF,
+                "copies versus reuses and the fault latency: counts write faults on present \
+                 pages (error code bits 0+1) instead of do_wp_page calls",
+            ),
         ],
     },
+    Hook {
+        family: "cow",
+        name: "wp_page_reuse",
+        rungs: &[
+            fentry(&[Attach::Fentry {
+                program: "cow_reuse_fentry",
+                function: "wp_page_reuse",
+            }]),
+            kprobe(
+                &[Attach::Kprobe {
+                    program: "cow_reuse_kprobe",
+                    function: "wp_page_reuse",
+                }],
+                KPROBE_LOSES,
+            ),
+        ],
+    },
+    Hook {
+        family: "cow",
+        name: "do_huge_pmd_wp_page",
+        rungs: &[
+            fentry(&[Attach::Fentry {
+                program: "cow_thp_fentry",
+                function: "do_huge_pmd_wp_page",
+            }]),
+            kprobe(
+                &[Attach::Kprobe {
+                    program: "cow_thp_kprobe",
+                    function: "do_huge_pmd_wp_page",
+                }],
+                KPROBE_LOSES,
+            ),
+        ],
+    },
+    // ---- fork
+    Hook {
+        family: "fork",
+        name: "fork_syscalls",
+        rungs: &[tracepoint(
+            &[
+                tp(
+                    "fork_enter_clone",
+                    &[("syscalls", "sys_enter_clone")],
+                    &[("OFF_CLONE_FLAGS", "clone_flags")],
+                ),
+                tp(
+                    "fork_enter_clone3",
+                    &[("syscalls", "sys_enter_clone3")],
+                    &[("OFF_CLONE3_UARGS", "uargs")],
+                ),
+                tp("fork_enter_fork", &[("syscalls", "sys_enter_fork")], &[]),
+                tp("fork_enter_vfork", &[("syscalls", "sys_enter_vfork")], &[]),
+                tp(
+                    "fork_exit",
+                    &[("syscalls", "sys_exit_clone")],
+                    &[("OFF_SYS_EXIT_RET", "ret")],
+                ),
+                tp(
+                    "fork_exit",
+                    &[("syscalls", "sys_exit_clone3")],
+                    &[("OFF_SYS_EXIT_RET", "ret")],
+                ),
+                tp(
+                    "fork_exit",
+                    &[("syscalls", "sys_exit_fork")],
+                    &[("OFF_SYS_EXIT_RET", "ret")],
+                ),
+                tp(
+                    "fork_exit",
+                    &[("syscalls", "sys_exit_vfork")],
+                    &[("OFF_SYS_EXIT_RET", "ret")],
+                ),
+            ],
+            "syscalls:sys_enter/exit_clone, clone3, fork, vfork (CONFIG_FTRACE_SYSCALLS)",
+            "",
+        )],
+    },
+    Hook {
+        family: "fork",
+        name: "dup_mmap",
+        rungs: &[
+            fentry(&[
+                Attach::Fentry {
+                    program: "fork_dup_mmap_fentry",
+                    function: "dup_mmap",
+                },
+                Attach::Fexit {
+                    program: "fork_dup_mmap_fexit",
+                    function: "dup_mmap",
+                },
+            ]),
+            kprobe(
+                &[
+                    Attach::Kprobe {
+                        program: "fork_dup_mmap_kprobe",
+                        function: "dup_mmap",
+                    },
+                    Attach::Kretprobe {
+                        program: "fork_dup_mmap_kretprobe",
+                        function: "dup_mmap",
+                    },
+                ],
+                KPROBE_LOSES,
+            ),
+        ],
+    },
+    // ---- dirty pages and writeback
+    Hook {
+        family: "writeback",
+        name: "writeback_dirty",
+        rungs: &[tracepoint(
+            &[tp(
+                "wb_dirty",
+                &[
+                    ("writeback", "writeback_dirty_folio"),
+                    ("writeback", "writeback_dirty_page"),
+                ],
+                &[("OFF_DIRTY_NAME", "name")],
+            )],
+            "writeback:writeback_dirty_folio (5.17+) or writeback_dirty_page",
+            "",
+        )],
+    },
+    Hook {
+        family: "writeback",
+        name: "writeback_written",
+        rungs: &[tracepoint(
+            &[
+                tp(
+                    "wb_start",
+                    &[("writeback", "writeback_start")],
+                    &[("OFF_WB_START_REASON", "reason")],
+                ),
+                tp("wb_written", &[("writeback", "writeback_written")], &[]),
+                tp(
+                    "wb_single_inode",
+                    &[("writeback", "writeback_single_inode")],
+                    &[("OFF_WSI_NAME", "name"), ("OFF_WSI_WROTE", "wrote")],
+                ),
+            ],
+            "writeback:writeback_start, writeback_written, writeback_single_inode",
+            "",
+        )],
+    },
+    Hook {
+        family: "writeback",
+        name: "balance_dirty_pages",
+        rungs: &[tracepoint(
+            &[tp(
+                "wb_balance_dirty_pages",
+                &[("writeback", "balance_dirty_pages")],
+                &[("OFF_BDP_PAUSE", "pause")],
+            )],
+            "writeback:balance_dirty_pages",
+            "",
+        )],
+    },
+    // ---- reclaim
+    Hook {
+        family: "reclaim",
+        name: "direct_reclaim",
+        rungs: &[tracepoint(
+            &[
+                tp(
+                    "reclaim_direct_begin",
+                    &[("vmscan", "mm_vmscan_direct_reclaim_begin")],
+                    &[],
+                ),
+                tp(
+                    "reclaim_direct_end",
+                    &[("vmscan", "mm_vmscan_direct_reclaim_end")],
+                    &[("OFF_RECLAIM_END_NR", "nr_reclaimed")],
+                ),
+            ],
+            "vmscan:mm_vmscan_direct_reclaim_begin/end",
+            "",
+        )],
+    },
+    Hook {
+        family: "reclaim",
+        name: "memcg_reclaim",
+        rungs: &[tracepoint(
+            &[
+                tp(
+                    "reclaim_memcg_begin",
+                    &[("vmscan", "mm_vmscan_memcg_reclaim_begin")],
+                    &[],
+                ),
+                tp(
+                    "reclaim_memcg_end",
+                    &[("vmscan", "mm_vmscan_memcg_reclaim_end")],
+                    &[("OFF_RECLAIM_END_NR", "nr_reclaimed")],
+                ),
+            ],
+            "vmscan:mm_vmscan_memcg_reclaim_begin/end",
+            "",
+        )],
+    },
+    Hook {
+        family: "reclaim",
+        name: "kswapd_wake",
+        rungs: &[tracepoint(
+            &[tp(
+                "reclaim_kswapd_wake",
+                &[("vmscan", "mm_vmscan_kswapd_wake")],
+                &[("OFF_KSWAPD_WAKE_NID", "nid")],
+            )],
+            "vmscan:mm_vmscan_kswapd_wake",
+            "",
+        )],
+    },
+    Hook {
+        family: "reclaim",
+        name: "vmscan_write",
+        rungs: &[tracepoint(
+            &[tp(
+                "reclaim_write_folio",
+                &[
+                    ("vmscan", "mm_vmscan_write_folio"),
+                    ("vmscan", "mm_vmscan_writepage"),
+                ],
+                &[("OFF_WRITE_FOLIO_FLAGS", "reclaim_flags")],
+            )],
+            "vmscan:mm_vmscan_write_folio (5.19+) or mm_vmscan_writepage",
+            "",
+        )],
+    },
+    Hook {
+        family: "reclaim",
+        name: "vmscan_throttled",
+        rungs: &[tracepoint(
+            &[tp(
+                "reclaim_throttled",
+                &[("vmscan", "mm_vmscan_throttled")],
+                &[
+                    ("OFF_THROTTLED_REASON", "reason"),
+                    ("OFF_THROTTLED_DELAYED", "usec_delayed"),
+                ],
+            )],
+            "vmscan:mm_vmscan_throttled (5.16+)",
+            "",
+        )],
+    },
+    // ---- LRU movement
+    Hook {
+        family: "lru",
+        name: "lru_insertion",
+        rungs: &[tracepoint(
+            &[tp(
+                "lru_insertion",
+                &[("pagemap", "mm_lru_insertion")],
+                &[("OFF_LRU_INSERTION_LRU", "lru")],
+            )],
+            "pagemap:mm_lru_insertion",
+            "",
+        )],
+    },
+    Hook {
+        family: "lru",
+        name: "lru_activate",
+        rungs: &[tracepoint(
+            &[tp("lru_activate", &[("pagemap", "mm_lru_activate")], &[])],
+            "pagemap:mm_lru_activate",
+            "",
+        )],
+    },
+    Hook {
+        family: "lru",
+        name: "lru_shrink_inactive",
+        rungs: &[tracepoint(
+            &[tp(
+                "lru_shrink_inactive",
+                &[("vmscan", "mm_vmscan_lru_shrink_inactive")],
+                &[
+                    ("OFF_SI_NID", "nid"),
+                    ("OFF_SI_SCANNED", "nr_scanned"),
+                    ("OFF_SI_RECLAIMED", "nr_reclaimed"),
+                    ("OFF_SI_DIRTY", "nr_dirty"),
+                    ("OFF_SI_WRITEBACK", "nr_writeback"),
+                    ("OFF_SI_CONGESTED", "nr_congested"),
+                    ("OFF_SI_IMMEDIATE", "nr_immediate"),
+                    ("OFF_SI_ACTIVATE0", "nr_activate0"),
+                    ("OFF_SI_ACTIVATE1", "nr_activate1"),
+                    ("OFF_SI_REF_KEEP", "nr_ref_keep"),
+                    ("OFF_SI_UNMAP_FAIL", "nr_unmap_fail"),
+                ],
+            )],
+            "vmscan:mm_vmscan_lru_shrink_inactive",
+            "",
+        )],
+    },
+    Hook {
+        family: "lru",
+        name: "lru_shrink_active",
+        rungs: &[tracepoint(
+            &[tp(
+                "lru_shrink_active",
+                &[("vmscan", "mm_vmscan_lru_shrink_active")],
+                &[
+                    ("OFF_SA_NID", "nid"),
+                    ("OFF_SA_TAKEN", "nr_taken"),
+                    ("OFF_SA_ACTIVE", "nr_active"),
+                    ("OFF_SA_DEACTIVATED", "nr_deactivated"),
+                    ("OFF_SA_REFERENCED", "nr_referenced"),
+                ],
+            )],
+            "vmscan:mm_vmscan_lru_shrink_active",
+            "",
+        )],
+    },
 ];
-
-/// Tracepoint field offsets the programs read, set through `EbpfLoader::override_global`.
-pub const FIELD_OFFSETS: &[FieldOffset] = &[FieldOffset {
-    global: "PF_ERROR_CODE_OFFSET",
-    category: "exceptions",
-    event: "page_fault_user",
-    field: "error_code",
-}];
 
 #[cfg(test)]
 mod tests {
@@ -171,6 +563,7 @@ mod tests {
             );
             for r in h.rungs {
                 assert!(!r.attach.is_empty());
+                assert!(!r.needs.is_empty());
                 for a in r.attach {
                     if let Attach::Shared { hook: other } = a {
                         let j = HOOKS.iter().position(|x| x.name == *other).unwrap();

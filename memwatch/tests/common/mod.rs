@@ -2,6 +2,8 @@
 //! it, parse the exposition format, and skip (with a printed reason) without root.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -244,6 +246,34 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
         rest = &after[end..];
     }
     out
+}
+
+/// /proc/vmstat as field -> value.
+pub fn read_vmstat() -> BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+impl Metrics {
+    /// Sum of every sample of a family whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.2)
+            .sum()
+    }
 }
 
 /// /proc/meminfo as (field, value in bytes or count).

@@ -1,0 +1,129 @@
+//! Fork: the clone/clone3/fork/vfork syscalls (tracepoints) from entry to the parent's
+//! return, and `dup_mmap` (the address-space and page-table copy) where a function hook
+//! attaches.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use memwatch_common::{hist, proc};
+
+use crate::maps::{
+    begin, count, count2, end, field, observe, observe_keyed, PENDING_DUP_MMAP, PENDING_FORK,
+};
+
+crate::offsets! {
+    OFF_CLONE_FLAGS = 16;
+    OFF_CLONE3_UARGS = 16;
+    OFF_SYS_EXIT_RET = 16;
+}
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_VFORK: u64 = 0x4000;
+
+const KIND_FORK: u64 = 0;
+const KIND_VFORK: u64 = 1;
+const KIND_THREAD: u64 = 2;
+
+#[inline(always)]
+fn kind_of(flags: u64) -> u64 {
+    if flags & CLONE_VFORK != 0 {
+        KIND_VFORK
+    } else if flags & CLONE_VM != 0 {
+        KIND_THREAD
+    } else {
+        KIND_FORK
+    }
+}
+
+#[tracepoint]
+pub fn fork_enter_clone(ctx: TracePointContext) -> u32 {
+    if let Ok(flags) = field::<u64>(&ctx, &OFF_CLONE_FLAGS) {
+        begin(PENDING_FORK, kind_of(flags));
+    }
+    0
+}
+
+#[tracepoint]
+pub fn fork_enter_clone3(ctx: TracePointContext) -> u32 {
+    if let Ok(uargs) = field::<u64>(&ctx, &OFF_CLONE3_UARGS) {
+        // struct clone_args starts with `__aligned_u64 flags`.
+        // SAFETY: bpf_probe_read_user of the syscall's own argument.
+        let flags = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
+        begin(PENDING_FORK, kind_of(flags));
+    }
+    0
+}
+
+#[tracepoint]
+pub fn fork_enter_fork(_ctx: TracePointContext) -> u32 {
+    begin(PENDING_FORK, KIND_FORK);
+    0
+}
+
+#[tracepoint]
+pub fn fork_enter_vfork(_ctx: TracePointContext) -> u32 {
+    begin(PENDING_FORK, KIND_VFORK);
+    0
+}
+
+/// One program for the four sys_exit tracepoints (same layout).
+#[tracepoint]
+pub fn fork_exit(ctx: TracePointContext) -> u32 {
+    let Ok(ret) = field::<i64>(&ctx, &OFF_SYS_EXIT_RET) else {
+        return 0;
+    };
+    if ret == 0 {
+        // The child's return: it never entered.
+        return 0;
+    }
+    let Some((ns, kind)) = end(PENDING_FORK) else {
+        return 0;
+    };
+    if ret < 0 {
+        return 0;
+    }
+    match kind {
+        KIND_FORK => {
+            count2(proc::FORKS, 1, proc::FORK_NS, ns);
+            observe(hist::FORK, ns);
+            observe_keyed(hist::FORK, ns, false);
+        }
+        KIND_VFORK => count(proc::VFORKS, 1),
+        _ => count(proc::THREADS, 1),
+    }
+    0
+}
+
+#[fentry(function = "dup_mmap")]
+pub fn fork_dup_mmap_fentry(_ctx: FEntryContext) -> u32 {
+    begin(PENDING_DUP_MMAP, 0);
+    0
+}
+
+#[fexit(function = "dup_mmap")]
+pub fn fork_dup_mmap_fexit(_ctx: FExitContext) -> u32 {
+    dup_mmap_done();
+    0
+}
+
+#[kprobe]
+pub fn fork_dup_mmap_kprobe(_ctx: ProbeContext) -> u32 {
+    begin(PENDING_DUP_MMAP, 0);
+    0
+}
+
+#[kretprobe]
+pub fn fork_dup_mmap_kretprobe(_ctx: RetProbeContext) -> u32 {
+    dup_mmap_done();
+    0
+}
+
+#[inline(always)]
+fn dup_mmap_done() {
+    if let Some((ns, _)) = end(PENDING_DUP_MMAP) {
+        count(proc::DUP_MMAP_NS, ns);
+        observe(hist::DUP_MMAP, ns);
+    }
+}

@@ -1,0 +1,185 @@
+//! Turning the in-kernel per-process table into bounded series: the top N processes
+//! per metric plus an `other` row (so rows plus `other` equal the global counter), and
+//! per-cgroup sums that stay monotonic when rows are evicted or processes exit.
+
+use std::collections::HashMap;
+
+use memwatch_common::{proc, ProcRow, COMM_LEN};
+
+/// A process row as read from the kernel.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub tgid: u32,
+    pub comm: String,
+    pub counts: [u64; proc::COUNTERS],
+}
+
+impl Row {
+    pub fn from_kernel(tgid: u32, r: &ProcRow) -> Self {
+        Self {
+            tgid,
+            comm: comm_str(&r.comm),
+            counts: r.counts,
+        }
+    }
+
+    pub fn sum(&self, cols: &[usize]) -> u64 {
+        cols.iter().map(|&c| self.counts[c]).sum()
+    }
+}
+
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Indices of the `n` rows with the largest `score`, largest first (ties by tgid).
+pub fn top_n(rows: &[Row], n: usize, score: impl Fn(&Row) -> u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| score(&rows[i]) > 0).collect();
+    idx.sort_by(|&a, &b| {
+        score(&rows[b])
+            .cmp(&score(&rows[a]))
+            .then(rows[a].tgid.cmp(&rows[b].tgid))
+    });
+    idx.truncate(n);
+    idx
+}
+
+/// Which cgroup hierarchy names a process's memory cgroup.
+#[derive(Debug, Clone)]
+pub enum Hierarchy {
+    /// cgroup v2 (`0::/path`).
+    Unified,
+    /// A v1 hierarchy with this id (the one carrying the `memory` controller).
+    V1(String),
+}
+
+impl Hierarchy {
+    /// The memory controller's hierarchy, judged from this process's own cgroup file.
+    pub fn detect() -> Self {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            if let (Some(id), Some(ctrls)) = (parts.next(), parts.next()) {
+                if ctrls.split(',').any(|c| c == "memory") {
+                    return Hierarchy::V1(id.to_string());
+                }
+            }
+        }
+        Hierarchy::Unified
+    }
+
+    /// The cgroup path of `pid` in this hierarchy, if the process is alive.
+    pub fn cgroup_of(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        parse_cgroup(&text, self)
+    }
+}
+
+/// The path of the hierarchy's line in a /proc/PID/cgroup file.
+pub fn parse_cgroup(text: &str, h: &Hierarchy) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let ours = match h {
+            Hierarchy::Unified => id == "0" && ctrls.is_empty(),
+            Hierarchy::V1(want) => id == want,
+        };
+        ours.then(|| path.to_string())
+    })
+}
+
+/// Per-cgroup counters accumulated from per-process deltas, so they only grow.
+#[derive(Default)]
+pub struct CgroupAccounts {
+    /// Last counts seen per tgid, and its cgroup.
+    last: HashMap<u32, (String, [u64; proc::COUNTERS])>,
+    /// Running totals per cgroup path.
+    pub totals: HashMap<String, [u64; proc::COUNTERS]>,
+}
+
+impl CgroupAccounts {
+    /// Folds one scrape's rows in. `cgroup_of` is asked only for processes not seen
+    /// before; an exited process keeps the cgroup it had when first seen.
+    pub fn update(&mut self, rows: &[Row], cgroup_of: impl Fn(u32) -> Option<String>) {
+        let mut next = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (cg, prev) = match self.last.remove(&row.tgid) {
+                // A smaller count means the pid was reused (or the row re-created):
+                // start from zero.
+                Some((cg, prev)) if row.counts.iter().zip(prev.iter()).all(|(a, b)| a >= b) => {
+                    (cg, prev)
+                }
+                _ => (
+                    cgroup_of(row.tgid).unwrap_or_else(|| "unknown".into()),
+                    [0; proc::COUNTERS],
+                ),
+            };
+            let total = self.totals.entry(cg.clone()).or_insert([0; proc::COUNTERS]);
+            for (i, t) in total.iter_mut().enumerate() {
+                *t += row.counts[i] - prev[i];
+            }
+            next.insert(row.tgid, (cg, row.counts));
+        }
+        self.last = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tgid: u32, c0: u64) -> Row {
+        let mut counts = [0; proc::COUNTERS];
+        counts[0] = c0;
+        Row {
+            tgid,
+            comm: format!("p{tgid}"),
+            counts,
+        }
+    }
+
+    #[test]
+    fn top_n_orders_and_skips_zero() {
+        let rows = vec![row(1, 5), row(2, 50), row(3, 0), row(4, 7)];
+        assert_eq!(top_n(&rows, 2, |r| r.counts[0]), vec![1, 3]);
+        assert_eq!(top_n(&rows, 10, |r| r.counts[0]).len(), 3);
+    }
+
+    #[test]
+    fn cgroup_lines() {
+        let v1 = "12:pids:/\n4:memory:/test/a\n0::/\n";
+        assert_eq!(
+            parse_cgroup(v1, &Hierarchy::V1("4".into())).as_deref(),
+            Some("/test/a")
+        );
+        assert_eq!(parse_cgroup(v1, &Hierarchy::Unified).as_deref(), Some("/"));
+        assert_eq!(
+            parse_cgroup("0::/system.slice/x\n", &Hierarchy::Unified).as_deref(),
+            Some("/system.slice/x")
+        );
+        assert_eq!(parse_cgroup("garbage", &Hierarchy::Unified), None);
+    }
+
+    #[test]
+    fn cgroup_totals_survive_eviction_and_pid_reuse() {
+        let mut acc = CgroupAccounts::default();
+        let cg = |pid: u32| {
+            Some(if pid == 1 {
+                "/a".to_string()
+            } else {
+                "/b".to_string()
+            })
+        };
+        acc.update(&[row(1, 10), row(2, 3)], cg);
+        acc.update(&[row(1, 15), row(2, 3)], cg);
+        assert_eq!(acc.totals["/a"][0], 15);
+        // Row 1 evicted: its total stays.
+        acc.update(&[row(2, 4)], cg);
+        assert_eq!(acc.totals["/a"][0], 15);
+        assert_eq!(acc.totals["/b"][0], 4);
+        // pid 2 reused by a new process with a smaller count.
+        acc.update(&[row(2, 1)], cg);
+        assert_eq!(acc.totals["/b"][0], 5);
+    }
+}

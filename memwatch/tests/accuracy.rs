@@ -1,0 +1,427 @@
+//! memwatch's counters against the kernel's own: /proc/vmstat deltas for dirtied,
+//! written, activated, deactivated and reclaimed pages, and a workload's own timing
+//! of fork(). Root only; one test at a time (`--test-threads=1`), since the
+//! comparisons are system-wide.
+
+mod common;
+
+use std::{ffi::CString, path::PathBuf, sync::OnceLock};
+
+use common::{
+    read_vmstat, root_or_skip,
+    workload::{Ctl, Workload},
+    Agent, Metrics, TempFile,
+};
+
+/// Every process gets its own row.
+fn agent() -> (Agent, TempFile) {
+    let cfg = TempFile::new("accuracy.toml", "[tables]\nprocess_top_n = 100000\n");
+    (Agent::start(&["--config", cfg.0.to_str().unwrap()]), cfg)
+}
+
+/// `|got - want| <= 5% of want`, with an absolute floor for tiny counts.
+fn assert_close(what: &str, got: f64, want: f64, floor: f64) {
+    let tol = (want.abs() * 0.05).max(floor);
+    println!("{what}: memwatch {got}, kernel {want} (tolerance {tol})");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: memwatch {got} vs kernel {want}, off by more than {tol}"
+    );
+}
+
+fn vm_delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    keys: &[&str],
+) -> f64 {
+    keys.iter()
+        .map(|k| {
+            after.get(*k).copied().unwrap_or(0) as f64 - before.get(*k).copied().unwrap_or(0) as f64
+        })
+        .sum()
+}
+
+fn pid_s(w: &Workload) -> String {
+    w.pid.to_string()
+}
+
+// ---------------------------------------------------------------- dirty + written
+
+/// Pages the dirty workload writes (64 MiB).
+const DIRTY_PAGES: usize = 16384;
+static DIRTY_FILE: OnceLock<CString> = OnceLock::new();
+
+/// Write DIRTY_PAGES pages with 4 KiB write()s, report 'W'; on 'S' syncfs + fsync and
+/// report 'S'.
+fn dirty_body(ctl: &Ctl) -> i32 {
+    let path = DIRTY_FILE.get().expect("path set before fork");
+    // SAFETY: raw syscalls on a file and a stack buffer of our own.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            0o600,
+        );
+        if fd < 0 {
+            return 20;
+        }
+        let buf = [0x5au8; 4096];
+        for _ in 0..DIRTY_PAGES {
+            if libc::write(fd, buf.as_ptr().cast(), buf.len()) != buf.len() as isize {
+                return 21;
+            }
+        }
+        ctl.report(b'W');
+        if ctl.wait() != b'S' {
+            return 22;
+        }
+        // syncfs hands the pages to the flusher (seen on every rung); fsync finds
+        // nothing left to write.
+        libc::syncfs(fd);
+        libc::fsync(fd);
+        libc::close(fd);
+        ctl.report(b'S');
+    }
+    0
+}
+
+#[test]
+fn dirtied_and_written_match_vmstat() {
+    if !root_or_skip("dirtied_and_written_match_vmstat") {
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let path: PathBuf = dir.join(format!("memwatch-test-{}-dirty", std::process::id()));
+    let _cleanup = TempFile(path.clone());
+    DIRTY_FILE.get_or_init(|| CString::new(path.to_str().unwrap()).unwrap());
+    let (agent, _cfg) = agent();
+
+    let v0 = read_vmstat();
+    let m0 = agent.scrape();
+    let w = Workload::spawn(dirty_body);
+    w.expect(b'W');
+    w.send(b'S');
+    w.expect(b'S');
+    let m1 = agent.scrape();
+    let v1 = read_vmstat();
+    let pid = pid_s(&w);
+    w.wait_done();
+    w.finish();
+
+    let proc_dirtied = m1
+        .get("memwatch_process_dirtied_pages_total", &[("pid", &pid)])
+        .unwrap_or(0.0)
+        - m0.get("memwatch_process_dirtied_pages_total", &[("pid", &pid)])
+            .unwrap_or(0.0);
+    println!("workload dirtied {proc_dirtied} pages for {DIRTY_PAGES} written");
+    assert!(
+        proc_dirtied >= DIRTY_PAGES as f64,
+        "process dirtied {proc_dirtied} < {DIRTY_PAGES}"
+    );
+
+    let d = |m: &Metrics, n| m.sum(n, &[]);
+    assert_close(
+        "dirtied pages",
+        d(&m1, "memwatch_dirtied_pages_total") - d(&m0, "memwatch_dirtied_pages_total"),
+        vm_delta(&v0, &v1, &["nr_dirtied"]),
+        16.0,
+    );
+    assert_close(
+        "written pages",
+        d(&m1, "memwatch_writeback_written_pages_total")
+            - d(&m0, "memwatch_writeback_written_pages_total"),
+        vm_delta(&v0, &v1, &["nr_written"]),
+        16.0,
+    );
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------- memcg reclaim
+
+/// The limit of the test cgroup and the size of the file read through it.
+const MEMCG_LIMIT: u64 = 64 << 20;
+const READ_FILE: u64 = 256 << 20;
+static READ_PATH: OnceLock<CString> = OnceLock::new();
+static CGROUP_PROCS: OnceLock<CString> = OnceLock::new();
+
+/// Join the cgroup, read the file twice, report 'R'.
+fn reader_body(ctl: &Ctl) -> i32 {
+    // SAFETY: raw syscalls on files and a stack buffer of our own.
+    unsafe {
+        let procs = libc::open(CGROUP_PROCS.get().unwrap().as_ptr(), libc::O_WRONLY);
+        if procs < 0 {
+            return 30;
+        }
+        // "0" moves the writing process itself.
+        if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+            return 31;
+        }
+        libc::close(procs);
+        let mut buf = [0u8; 65536];
+        for _ in 0..2 {
+            let fd = libc::open(READ_PATH.get().unwrap().as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return 32;
+            }
+            while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+            libc::close(fd);
+        }
+        ctl.report(b'R');
+    }
+    0
+}
+
+/// A memory cgroup limited to MEMCG_LIMIT, removed on drop.
+struct Memcg {
+    dir: PathBuf,
+    /// The path as /proc/PID/cgroup shows it.
+    path: String,
+}
+
+impl Memcg {
+    fn create() -> Option<Self> {
+        let name = format!("memwatch-test-{}", std::process::id());
+        let (root, limit_file) =
+            if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+            } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+            {
+                ("/sys/fs/cgroup", "memory.max")
+            } else {
+                return None;
+            };
+        let dir = PathBuf::from(root).join(&name);
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self {
+            dir,
+            path: format!("/{name}"),
+        };
+        std::fs::write(cg.dir.join(limit_file), MEMCG_LIMIT.to_string()).ok()?;
+        Some(cg)
+    }
+}
+
+impl Drop for Memcg {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Writes the file to read, then drops it from the page cache so reading it charges
+/// the cgroup.
+fn make_uncached_file(path: &std::path::Path, len: u64) {
+    use std::{io::Write, os::fd::AsRawFd};
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..len / chunk.len() as u64 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    // SAFETY: a valid open fd.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+#[test]
+fn memcg_reclaim_is_attributed_and_matches_vmstat() {
+    if !root_or_skip("memcg_reclaim_is_attributed_and_matches_vmstat") {
+        return;
+    }
+    let Some(cg) = Memcg::create() else {
+        println!("SKIP memcg_reclaim_is_attributed_and_matches_vmstat: no writable memory cgroup (v1 memory hierarchy or v2 memory controller)");
+        return;
+    };
+    let procs = cg.dir.join("cgroup.procs");
+    CGROUP_PROCS.get_or_init(|| CString::new(procs.to_str().unwrap()).unwrap());
+    let path = std::env::temp_dir().join(format!("memwatch-test-{}-read", std::process::id()));
+    let _cleanup = TempFile(path.clone());
+    make_uncached_file(&path, READ_FILE);
+    READ_PATH.get_or_init(|| CString::new(path.to_str().unwrap()).unwrap());
+    let (agent, _cfg) = agent();
+
+    let v0 = read_vmstat();
+    let m0 = agent.scrape();
+    let w = Workload::spawn(reader_body);
+    w.expect(b'R');
+    let m1 = agent.scrape();
+    let v1 = read_vmstat();
+    let pid = pid_s(&w);
+    w.wait_done();
+    w.finish();
+
+    let delta = |name: &str, labels: &[(&str, &str)]| m1.sum(name, labels) - m0.sum(name, labels);
+    // Attribution: the reader ran memcg reclaim itself, in its cgroup.
+    let reclaims = delta(
+        "memwatch_process_reclaims_total",
+        &[("pid", &pid), ("type", "memcg")],
+    );
+    let reclaimed = delta(
+        "memwatch_process_reclaimed_pages_total",
+        &[("pid", &pid), ("type", "memcg")],
+    );
+    println!("reader {pid}: {reclaims} memcg reclaims, {reclaimed} pages");
+    assert!(
+        reclaims > 0.0 && reclaimed > 0.0,
+        "no memcg reclaim attributed to the reader\n{}",
+        m1.text
+    );
+    let cg_reclaimed = delta(
+        "memwatch_cgroup_reclaimed_pages_total",
+        &[("cgroup", &cg.path), ("type", "memcg")],
+    );
+    assert!(
+        cg_reclaimed >= reclaimed,
+        "cgroup {} shows {cg_reclaimed} reclaimed pages",
+        cg.path
+    );
+    assert!(delta("memwatch_vmscan_inactive_scanned_pages_total", &[]) > 0.0);
+    assert!(
+        delta(
+            "memwatch_lru_insertions_total",
+            &[("list", "inactive_file")]
+        ) > 0.0
+    );
+
+    // Against the kernel's own totals.
+    let steal_keys: &[&str] = if v0.contains_key("pgsteal_anon") {
+        &["pgsteal_anon", "pgsteal_file"]
+    } else {
+        &["pgsteal_kswapd", "pgsteal_direct"]
+    };
+    assert_close(
+        "stolen pages",
+        delta("memwatch_vmscan_inactive_reclaimed_pages_total", &[]),
+        vm_delta(&v0, &v1, steal_keys),
+        64.0,
+    );
+    assert_close(
+        "deactivated pages",
+        delta("memwatch_vmscan_deactivated_pages_total", &[]),
+        vm_delta(&v0, &v1, &["pgdeactivate"]),
+        64.0,
+    );
+    assert_close(
+        "activated pages",
+        delta("memwatch_vmscan_inactive_activated_pages_total", &[])
+            + delta("memwatch_lru_activations_total", &[]),
+        vm_delta(&v0, &v1, &["pgactivate"]),
+        64.0,
+    );
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------- fork latency
+
+const HEAP: usize = 1 << 30;
+
+/// Name itself, touch a 1 GiB heap, report 'T'; on 'F' time one fork() and report the
+/// nanoseconds.
+fn fork_body(ctl: &Ctl) -> i32 {
+    // SAFETY: raw syscalls on memory this process maps itself.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"mw-forklat".as_ptr());
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            HEAP,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        ) as *mut u8;
+        if p as *mut libc::c_void == libc::MAP_FAILED {
+            return 40;
+        }
+        libc::madvise(p.cast(), HEAP, libc::MADV_NOHUGEPAGE);
+        for i in (0..HEAP).step_by(4096) {
+            std::ptr::write_volatile(p.add(i), 1);
+        }
+        ctl.report(b'T');
+        if ctl.wait() != b'F' {
+            return 41;
+        }
+        let mut t0 = std::mem::zeroed::<libc::timespec>();
+        let mut t1 = std::mem::zeroed::<libc::timespec>();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t0);
+        let child = libc::fork();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t1);
+        if child == 0 {
+            libc::_exit(0);
+        }
+        if child < 0 {
+            return 42;
+        }
+        let ns = (t1.tv_sec - t0.tv_sec) as i64 * 1_000_000_000 + (t1.tv_nsec - t0.tv_nsec) as i64;
+        ctl.report_u64(ns as u64);
+        let mut status = 0;
+        libc::waitpid(child, &mut status, 0);
+    }
+    0
+}
+
+#[test]
+fn fork_latency_lands_in_the_measured_bucket() {
+    if !root_or_skip("fork_latency_lands_in_the_measured_bucket") {
+        return;
+    }
+    let (agent, _cfg) = agent();
+    let w = Workload::spawn(fork_body);
+    w.expect(b'T');
+    let m0 = agent.scrape();
+    w.send(b'F');
+    let outer_ns = w.read_u64() as f64;
+    let m1 = agent.scrape();
+    let pid = pid_s(&w);
+    w.wait_done();
+    w.finish();
+
+    let comm = [("comm", "mw-forklat")];
+    let count = m1.sum("memwatch_fork_duration_seconds_count", &comm)
+        - m0.sum("memwatch_fork_duration_seconds_count", &comm);
+    let kernel_ns = (m1.sum("memwatch_fork_duration_seconds_sum", &comm)
+        - m0.sum("memwatch_fork_duration_seconds_sum", &comm))
+        * 1e9;
+    println!("fork of a 1 GiB heap: {outer_ns} ns around fork(), {kernel_ns} ns in the syscall");
+    assert_eq!(count, 1.0, "one fork observed for mw-forklat\n{}", m1.text);
+    assert!(
+        kernel_ns <= outer_ns * 1.001 && kernel_ns >= outer_ns * 0.5,
+        "kernel {kernel_ns} ns vs outer {outer_ns} ns"
+    );
+    // The bucket the observation fell in: the smallest upper bound whose cumulative
+    // count grew.
+    let mut les: Vec<(f64, f64)> = m1
+        .family("memwatch_fork_duration_seconds_bucket")
+        .into_iter()
+        .filter(|s| s.1.get("comm").map(String::as_str) == Some("mw-forklat"))
+        .filter_map(|s| {
+            let le: f64 = s.1.get("le")?.parse().ok()?;
+            let before = m0
+                .get(
+                    "memwatch_fork_duration_seconds_bucket",
+                    &[("comm", "mw-forklat"), ("le", s.1.get("le")?)],
+                )
+                .unwrap_or(0.0);
+            Some((le, s.2 - before))
+        })
+        .collect();
+    les.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let upper = les
+        .iter()
+        .find(|(_, d)| *d >= 1.0)
+        .map(|(le, _)| le * 1e9)
+        .expect("a bucket grew");
+    println!("bucket: ({} ns, {upper} ns]", upper / 2.0);
+    assert!(
+        upper / 2.0 <= outer_ns && upper >= outer_ns / 2.0,
+        "bucket ({}, {upper}] ns vs measured {outer_ns} ns",
+        upper / 2.0
+    );
+    let forks = m1.sum(
+        "memwatch_process_forks_total",
+        &[("pid", &pid), ("kind", "fork")],
+    ) - m0.sum(
+        "memwatch_process_forks_total",
+        &[("pid", &pid), ("kind", "fork")],
+    );
+    assert_eq!(forks, 1.0);
+    assert!(agent.stop().success());
+}
