@@ -61,6 +61,8 @@ fn kprobe_support(tracefs: Option<&Tracefs>) -> Result<(), String> {
 
 /// A tracepoint (category, name).
 pub type Event = (&'static str, &'static str);
+/// Field offsets for program globals: (global, offset).
+pub type Offsets = Vec<(&'static str, u32)>;
 
 /// The event a tracepoint attach point uses on this kernel (the first of its
 /// alternatives that exists) and the offsets (global, offset) of the fields it reads,
@@ -69,7 +71,7 @@ pub fn resolve_tracepoint(
     tracefs: &Tracefs,
     events: &[Event],
     fields: &[(&'static str, &'static str)],
-) -> Result<(Event, Vec<(&'static str, u32)>), String> {
+) -> Result<(Event, Offsets), String> {
     let (category, name) = *events
         .iter()
         .find(|(c, n)| tracefs.has_event(c, n))
@@ -136,7 +138,7 @@ pub fn kernel_hz() -> u64 {
 /// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
 /// of this kernel and the configured table sizes.
 pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
-    let mut offsets: Vec<(&'static str, u32)> = Vec::new();
+    let mut offsets: Offsets = Vec::new();
     if let Ok(tracefs) = &support.tracefs {
         for hook in table::HOOKS {
             for rung in hook.rungs {
