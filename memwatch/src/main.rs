@@ -1,5 +1,6 @@
 //! memwatch: where a Linux host's memory work goes, for Prometheus.
 
+mod btf;
 mod collectors;
 mod config;
 mod metrics;

@@ -141,10 +141,31 @@ fn dirtied_and_written_match_vmstat() {
 /// The limit of the test cgroup and the size of the file read through it.
 const MEMCG_LIMIT: u64 = 64 << 20;
 const READ_FILE: u64 = 256 << 20;
+/// A file that nearly fills the cgroup, read several times so its pages are activated:
+/// reclaim then finds too little on the inactive list and must deactivate them.
+const HOT_FILE: u64 = 56 << 20;
 static READ_PATH: OnceLock<CString> = OnceLock::new();
+static HOT_PATH: OnceLock<CString> = OnceLock::new();
 static CGROUP_PROCS: OnceLock<CString> = OnceLock::new();
 
-/// Join the cgroup, read the file twice, report 'R'.
+/// Reads a whole file with read(2); false if it can't be opened.
+///
+/// # Safety
+/// Raw syscalls only (runs in a forked child).
+unsafe fn read_all(path: &CString, buf: &mut [u8]) -> bool {
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+        if fd < 0 {
+            return false;
+        }
+        while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+        libc::close(fd);
+        true
+    }
+}
+
+/// Join the cgroup; read the hot file three times (its pages get activated), then the
+/// large file twice (the cgroup must reclaim, deactivating the hot pages), report 'R'.
 fn reader_body(ctl: &Ctl) -> i32 {
     // SAFETY: raw syscalls on files and a stack buffer of our own.
     unsafe {
@@ -158,13 +179,15 @@ fn reader_body(ctl: &Ctl) -> i32 {
         }
         libc::close(procs);
         let mut buf = [0u8; 65536];
-        for _ in 0..2 {
-            let fd = libc::open(READ_PATH.get().unwrap().as_ptr(), libc::O_RDONLY);
-            if fd < 0 {
+        for _ in 0..3 {
+            if !read_all(HOT_PATH.get().unwrap(), &mut buf) {
                 return 32;
             }
-            while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
-            libc::close(fd);
+        }
+        for _ in 0..2 {
+            if !read_all(READ_PATH.get().unwrap(), &mut buf) {
+                return 33;
+            }
         }
         ctl.report(b'R');
     }
@@ -237,6 +260,10 @@ fn memcg_reclaim_is_attributed_and_matches_vmstat() {
     let _cleanup = TempFile(path.clone());
     make_uncached_file(&path, READ_FILE);
     READ_PATH.get_or_init(|| CString::new(path.to_str().unwrap()).unwrap());
+    let hot = std::env::temp_dir().join(format!("memwatch-test-{}-hot", std::process::id()));
+    let _cleanup_hot = TempFile(hot.clone());
+    make_uncached_file(&hot, HOT_FILE);
+    HOT_PATH.get_or_init(|| CString::new(hot.to_str().unwrap()).unwrap());
     let (agent, _cfg) = agent();
 
     let v0 = read_vmstat();
@@ -307,6 +334,10 @@ fn memcg_reclaim_is_attributed_and_matches_vmstat() {
         vm_delta(&v0, &v1, &["pgactivate"]),
         64.0,
     );
+    // The workload activated and deactivated pages itself: make sure the comparisons
+    // above were not of near-zero numbers.
+    assert!(vm_delta(&v0, &v1, &["pgactivate"]) >= (HOT_FILE / 4096) as f64 / 2.0);
+    assert!(vm_delta(&v0, &v1, &["pgdeactivate"]) > 0.0);
     assert!(agent.stop().success());
 }
 

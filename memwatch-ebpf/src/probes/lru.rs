@@ -1,12 +1,25 @@
 //! LRU movement: insertions per list and activations (pagemap tracepoints), and what
 //! each pass of reclaim over the inactive and active lists did, per node (vmscan).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext, Global,
+};
 use memwatch_common::{global, node};
 
-use crate::maps::{field, inc, node_add, GLOBALS};
+use crate::maps::{add, field, node_add, GLOBALS};
+
+/// Where a folio keeps its order (from kernel BTF; `FOLIO_ORDER_KNOWN` 0: count one
+/// page per folio).
+#[unsafe(no_mangle)]
+static FOLIO_ORDER_KNOWN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static FOLIO_HEAD_BIT: Global<u32> = Global::new(6);
+#[unsafe(no_mangle)]
+static FOLIO_ORDER_OFFSET: Global<u32> = Global::new(64);
 
 crate::offsets! {
+    OFF_LRU_INSERTION_FOLIO = 8;
+    OFF_LRU_ACTIVATE_FOLIO = 8;
     OFF_LRU_INSERTION_LRU = 24;
     OFF_SI_NID = 8;
     OFF_SI_SCANNED = 16;
@@ -26,19 +39,41 @@ crate::offsets! {
     OFF_SA_REFERENCED = 40;
 }
 
+/// Pages in the folio a tracepoint record points to (1 when its layout is unknown).
+#[inline(always)]
+fn folio_pages(ctx: &TracePointContext, off: &Global<u32>) -> u64 {
+    if FOLIO_ORDER_KNOWN.load() == 0 {
+        return 1;
+    }
+    let Ok(folio) = field::<u64>(ctx, off) else {
+        return 1;
+    };
+    // SAFETY: bpf_probe_read_kernel of the folio the kernel is handling.
+    let flags = unsafe { bpf_probe_read_kernel((folio) as *const u64) }.unwrap_or(0);
+    if flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
+        return 1;
+    }
+    let at = folio + FOLIO_ORDER_OFFSET.load() as u64;
+    // SAFETY: as above; the order is the low byte of `_flags_1` / `_folio_order`.
+    let order = unsafe { bpf_probe_read_kernel(at as *const u8) }.unwrap_or(0);
+    1u64 << (order & 31)
+}
+
 #[tracepoint]
 pub fn lru_insertion(ctx: TracePointContext) -> u32 {
     if let Ok(lru) = field::<u32>(&ctx, &OFF_LRU_INSERTION_LRU) {
         if (lru as usize) < global::LRU_LISTS {
-            inc(&GLOBALS, (global::LRU_INSERT + lru as usize) as u32);
+            let pages = folio_pages(&ctx, &OFF_LRU_INSERTION_FOLIO);
+            add(&GLOBALS, (global::LRU_INSERT + lru as usize) as u32, pages);
         }
     }
     0
 }
 
 #[tracepoint]
-pub fn lru_activate(_ctx: TracePointContext) -> u32 {
-    inc(&GLOBALS, global::LRU_ACTIVATE as u32);
+pub fn lru_activate(ctx: TracePointContext) -> u32 {
+    let pages = folio_pages(&ctx, &OFF_LRU_ACTIVATE_FOLIO);
+    add(&GLOBALS, global::LRU_ACTIVATE as u32, pages);
     0
 }
 

@@ -86,9 +86,12 @@ pub fn resolve_tracepoint(
     if !fields.is_empty() {
         let format = tracefs.format(category, name).map_err(|e| e.to_string())?;
         for (global, field) in fields {
-            let f = format.field(field).ok_or_else(|| {
-                format!("tracepoint {category}:{name} has no field {field} on this kernel")
-            })?;
+            let f = field
+                .split('|')
+                .find_map(|alt| format.field(alt))
+                .ok_or_else(|| {
+                    format!("tracepoint {category}:{name} has no field {field} on this kernel")
+                })?;
             offsets.push((*global, f.offset));
         }
     }
@@ -166,6 +169,24 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
         loader.override_global(global, offset, true);
     }
     loader.override_global("NS_PER_JIFFY", &ns_per_jiffy, true);
+    // Folio sizes, so LRU events count pages like /proc/vmstat does.
+    let folio = crate::btf::Btf::from_sys_fs().and_then(|b| crate::btf::FolioLayout::from_btf(&b));
+    let folio_known: u32 = match &folio {
+        Ok(l) => {
+            log::debug!("folio layout: {l:?}");
+            1
+        }
+        Err(e) => {
+            log::info!("folio layout unknown ({e}); LRU events count one page per folio");
+            0
+        }
+    };
+    let (head_bit, order_offset) = folio
+        .as_ref()
+        .map_or((0, 0), |l| (l.head_bit, l.order_offset));
+    loader.override_global("FOLIO_ORDER_KNOWN", &folio_known, true);
+    loader.override_global("FOLIO_HEAD_BIT", &head_bit, true);
+    loader.override_global("FOLIO_ORDER_OFFSET", &order_offset, true);
     loader.map_max_entries("PROCS", cfg.tables.process_max_entries);
     loader.load(OBJECT).context(
         "loading the eBPF object (creating its maps) failed: check that memwatch runs as root \

@@ -39,7 +39,8 @@ pub enum Attach {
     /// A tracepoint. `events` lists (category, name) alternatives, newest first (e.g.
     /// `writeback_dirty_folio` on 5.17+, `writeback_dirty_page` before); the first that
     /// exists is used. `fields` maps program globals to the record fields whose offsets
-    /// they receive (read from the event's tracefs `format` at start-up).
+    /// they receive (read from the event's tracefs `format` at start-up); `a|b` names
+    /// alternatives (e.g. `folio|page`), the first present is used.
     Tracepoint {
         program: &'static str,
         events: &'static [(&'static str, &'static str)],
@@ -481,7 +482,10 @@ pub const HOOKS: &[Hook] = &[
             &[tp(
                 "lru_insertion",
                 &[("pagemap", "mm_lru_insertion")],
-                &[("OFF_LRU_INSERTION_LRU", "lru")],
+                &[
+                    ("OFF_LRU_INSERTION_LRU", "lru"),
+                    ("OFF_LRU_INSERTION_FOLIO", "folio|page"),
+                ],
             )],
             "pagemap:mm_lru_insertion",
             "",
@@ -491,7 +495,11 @@ pub const HOOKS: &[Hook] = &[
         family: "lru",
         name: "lru_activate",
         rungs: &[tracepoint(
-            &[tp("lru_activate", &[("pagemap", "mm_lru_activate")], &[])],
+            &[tp(
+                "lru_activate",
+                &[("pagemap", "mm_lru_activate")],
+                &[("OFF_LRU_ACTIVATE_FOLIO", "folio|page")],
+            )],
             "pagemap:mm_lru_activate",
             "",
         )],

@@ -1,0 +1,348 @@
+//! A small reader of the kernel's BTF (/sys/kernel/btf/vmlinux): struct member offsets
+//! and enum values. aya's Rust eBPF emits no CO-RE relocations, so the layouts a
+//! program needs (e.g. where a folio keeps its order) are looked up here at start-up
+//! and handed over as globals.
+
+use std::collections::HashMap;
+
+const MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Type {
+    name: u32,
+    kind: u32,
+    kind_flag: bool,
+    /// Size (struct, union, int, enum) or referenced type id (typedef, const, ...).
+    size_or_type: u32,
+    /// Struct/union members (name, type, bit offset) or enum values (name, value).
+    members: Vec<(u32, u32, u32)>,
+    values: Vec<(u32, i64)>,
+}
+
+/// Parsed kernel BTF.
+pub struct Btf {
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+
+impl Btf {
+    /// Reads /sys/kernel/btf/vmlinux.
+    pub fn from_sys_fs() -> Result<Self, String> {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux")
+            .map_err(|e| format!("reading /sys/kernel/btf/vmlinux: {e}"))?;
+        Self::parse(&data)
+    }
+
+    /// Parses a raw (little-endian) BTF blob.
+    pub fn parse(b: &[u8]) -> Result<Self, String> {
+        let bad = || "malformed BTF".to_string();
+        if u16_at(b, 0).ok_or_else(bad)? != MAGIC {
+            return Err("not little-endian BTF (bad magic)".into());
+        }
+        let hdr_len = u32_at(b, 4).ok_or_else(bad)? as usize;
+        let type_off = u32_at(b, 8).ok_or_else(bad)? as usize;
+        let type_len = u32_at(b, 12).ok_or_else(bad)? as usize;
+        let str_off = u32_at(b, 16).ok_or_else(bad)? as usize;
+        let str_len = u32_at(b, 20).ok_or_else(bad)? as usize;
+        let tstart = hdr_len + type_off;
+        let sstart = hdr_len + str_off;
+        let strings = b.get(sstart..sstart + str_len).ok_or_else(bad)?.to_vec();
+        let tb = b.get(tstart..tstart + type_len).ok_or_else(bad)?;
+        // Type id 0 is void.
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            kind_flag: false,
+            size_or_type: 0,
+            members: Vec::new(),
+            values: Vec::new(),
+        }];
+        let mut o = 0usize;
+        while o + 12 <= tb.len() {
+            let name = u32_at(tb, o).ok_or_else(bad)?;
+            let info = u32_at(tb, o + 4).ok_or_else(bad)?;
+            let size_or_type = u32_at(tb, o + 8).ok_or_else(bad)?;
+            o += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 != 0;
+            let mut t = Type {
+                name,
+                kind,
+                kind_flag,
+                size_or_type,
+                members: Vec::new(),
+                values: Vec::new(),
+            };
+            match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => o += 4,
+                KIND_ARRAY => o += 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for _ in 0..vlen {
+                        t.members.push((
+                            u32_at(tb, o).ok_or_else(bad)?,
+                            u32_at(tb, o + 4).ok_or_else(bad)?,
+                            u32_at(tb, o + 8).ok_or_else(bad)?,
+                        ));
+                        o += 12;
+                    }
+                }
+                KIND_ENUM => {
+                    for _ in 0..vlen {
+                        let v = u32_at(tb, o + 4).ok_or_else(bad)? as i32 as i64;
+                        t.values.push((u32_at(tb, o).ok_or_else(bad)?, v));
+                        o += 8;
+                    }
+                }
+                KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        let lo = u32_at(tb, o + 4).ok_or_else(bad)? as u64;
+                        let hi = u32_at(tb, o + 8).ok_or_else(bad)? as u64;
+                        t.values
+                            .push((u32_at(tb, o).ok_or_else(bad)?, ((hi << 32) | lo) as i64));
+                        o += 12;
+                    }
+                }
+                KIND_FUNC_PROTO => o += 8 * vlen,
+                KIND_DATASEC => o += 12 * vlen,
+                _ => {}
+            }
+            types.push(t);
+        }
+        let mut btf = Self {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
+        for (id, t) in btf.types.iter().enumerate().skip(1) {
+            if t.name != 0 {
+                let n = btf.str(t.name).to_string();
+                btf.by_name.entry(n).or_default().push(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn str(&self, off: u32) -> &str {
+        let s = self.strings.get(off as usize..).unwrap_or(&[]);
+        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+        std::str::from_utf8(&s[..end]).unwrap_or("")
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let t = self.types.get(id as usize)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type
+                }
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Byte offset and size of `member` in struct `name`, looking through anonymous
+    /// struct and union members.
+    pub fn member(&self, name: &str, member: &str) -> Option<(u32, u32)> {
+        self.by_name.get(name)?.iter().find_map(|&id| {
+            let t = &self.types[id as usize];
+            (t.kind == KIND_STRUCT && !t.members.is_empty())
+                .then(|| self.find_member(t, member))
+                .flatten()
+                .map(|(bits, size)| (bits / 8, size))
+        })
+    }
+
+    fn find_member(&self, t: &Type, member: &str) -> Option<(u32, u32)> {
+        for &(name, ty, off) in &t.members {
+            let bits = if t.kind_flag { off & 0xff_ffff } else { off };
+            if name != 0 && self.str(name) == member {
+                let size = self.resolve(ty).map_or(0, |r| match r.kind {
+                    KIND_STRUCT | KIND_UNION | KIND_INT | KIND_ENUM | KIND_ENUM64 => r.size_or_type,
+                    _ => 8,
+                });
+                return Some((bits, size));
+            }
+            if name == 0 {
+                if let Some(inner) = self.resolve(ty) {
+                    if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
+                        if let Some((b, s)) = self.find_member(inner, member) {
+                            return Some((bits + b, s));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The value of `variant` in enum `name`.
+    pub fn enum_value(&self, name: &str, variant: &str) -> Option<i64> {
+        self.by_name.get(name)?.iter().find_map(|&id| {
+            let t = &self.types[id as usize];
+            matches!(t.kind, KIND_ENUM | KIND_ENUM64)
+                .then(|| {
+                    t.values
+                        .iter()
+                        .find(|(n, _)| self.str(*n) == variant)
+                        .map(|v| v.1)
+                })
+                .flatten()
+        })
+    }
+}
+
+/// Where a folio keeps its order, so programs can count pages, not folios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FolioLayout {
+    /// Bit of `PG_head` in `folio->flags` (set on large folios).
+    pub head_bit: u32,
+    /// Byte offset of the order: `_flags_1` (6.6+, low byte) or `_folio_order` (older).
+    pub order_offset: u32,
+}
+
+impl FolioLayout {
+    pub fn from_btf(btf: &Btf) -> Result<Self, String> {
+        let head_bit = btf
+            .enum_value("pageflags", "PG_head")
+            .ok_or("no PG_head in enum pageflags")? as u32;
+        let (order_offset, _) = btf
+            .member("folio", "_flags_1")
+            .or_else(|| btf.member("folio", "_folio_order"))
+            .ok_or("struct folio has neither _flags_1 nor _folio_order")?;
+        Ok(Self {
+            head_bit,
+            order_offset,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: int, struct s { int a; union { int b; int c; }; },
+    /// enum e { X = 5 }.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0s\0a\0b\0c\0e\0X\0";
+        let off = |s: &str| -> u32 {
+            let pat = format!("\0{s}\0");
+            strings
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut t = Vec::new();
+        let mut put = |v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // 1: int
+        put(off("int"));
+        put(KIND_INT << 24);
+        put(4);
+        put(32);
+        // 2: anonymous union { int b; int c; }
+        put(0);
+        put((KIND_UNION << 24) | 2);
+        put(4);
+        put(off("b"));
+        put(1);
+        put(0);
+        put(off("c"));
+        put(1);
+        put(0);
+        // 3: struct s { int a; union; }
+        put(off("s"));
+        put((KIND_STRUCT << 24) | 2);
+        put(8);
+        put(off("a"));
+        put(1);
+        put(0);
+        put(0);
+        put(2);
+        put(32);
+        // 4: enum e { X = 5 }
+        put(off("e"));
+        put((KIND_ENUM << 24) | 1);
+        put(4);
+        put(off("X"));
+        put(5);
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.push(1);
+        b.push(0);
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&t);
+        b.extend_from_slice(strings);
+        b
+    }
+
+    #[test]
+    fn members_and_enums() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member("s", "a"), Some((0, 4)));
+        assert_eq!(btf.member("s", "c"), Some((4, 4)));
+        assert_eq!(btf.member("s", "zz"), None);
+        assert_eq!(btf.enum_value("e", "X"), Some(5));
+        assert_eq!(btf.enum_value("e", "Y"), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Btf::parse(b"").is_err());
+        assert!(Btf::parse(&[0u8; 64]).is_err());
+        let mut b = blob();
+        b.truncate(30);
+        assert!(Btf::parse(&b).is_err());
+    }
+
+    /// On a kernel with BTF, the folio layout resolves (checked against the running
+    /// kernel's own BTF; skipped where there is none).
+    #[test]
+    fn running_kernel_folio_layout() {
+        match Btf::from_sys_fs() {
+            Ok(btf) => {
+                let l = FolioLayout::from_btf(&btf).unwrap();
+                // The order lives in the second struct page of the folio.
+                assert!(l.order_offset >= 40 && l.order_offset < 128, "{l:?}");
+                assert!(l.head_bit < 64);
+                assert_eq!(btf.member("folio", "flags").map(|m| m.0), Some(0));
+            }
+            Err(e) => println!("SKIP running_kernel_folio_layout: {e}"),
+        }
+    }
+}
