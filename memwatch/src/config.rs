@@ -23,6 +23,9 @@ level = "info"
 # Which rung of the probe ladder to use: "auto" (the best that loads and attaches),
 # or force "fentry", "kprobe" or "tracepoint" for every hook that has that rung.
 mode = "auto"
+# Which hooks to attach, by hook or family name (see `memwatch probes`), e.g.
+# ["cow", "page_fault"]. Empty: all of them.
+hooks = []
 
 [tables]
 # Rows per in-kernel per-process table (LRU: the least recently active process is
@@ -106,6 +109,15 @@ impl LogLevel {
 #[serde(deny_unknown_fields, default)]
 pub struct Probes {
     pub mode: ProbeMode,
+    /// Hooks or families to attach; empty: all.
+    pub hooks: Vec<String>,
+}
+
+impl Probes {
+    /// Whether a hook is selected by `hooks`.
+    pub fn wants(&self, family: &str, hook: &str) -> bool {
+        self.hooks.is_empty() || self.hooks.iter().any(|h| h == family || h == hook)
+    }
 }
 
 /// Which rung of the probe ladder to use.
@@ -209,6 +221,16 @@ impl Config {
                 self.web.telemetry_path
             )));
         }
+        let known = |h: &String| {
+            crate::probes::table::HOOKS
+                .iter()
+                .any(|k| k.name == h || k.family == h)
+        };
+        if let Some(bad) = self.probes.hooks.iter().find(|h| !known(h)) {
+            return Err(ConfigError::Invalid(format!(
+                "probes.hooks: no hook or family named {bad:?} (see `memwatch probes`)"
+            )));
+        }
         if self.tables.process_max_entries == 0 {
             return Err(ConfigError::Invalid(
                 "tables.process_max_entries must be at least 1".into(),
@@ -276,6 +298,10 @@ mod tests {
         assert!(err.to_string().contains("uprobe"), "{err}");
         let err = Config::from_toml("[web]\nlisten_address = \"nope\"\n", "x").unwrap_err();
         assert!(err.to_string().contains("HOST:PORT"), "{err}");
+        let err = Config::from_toml("[probes]\nhooks = [\"nope\"]\n", "x").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let ok = Config::from_toml("[probes]\nhooks = [\"cow\", \"page_fault\"]\n", "x").unwrap();
+        assert!(ok.probes.wants("cow", "do_wp_page") && !ok.probes.wants("lru", "lru_activate"));
         let err = Config::from_toml("[tables]\nprocess_max_entries = 0\n", "x").unwrap_err();
         assert!(err.to_string().contains("process_max_entries"), "{err}");
         let err = Config::from_toml("[tables]\nprocess_top_n = -1\n", "x").unwrap_err();

@@ -180,7 +180,7 @@ fn attach_probes(cfg: &Config, explore: bool) -> Result<Attached, Fatal> {
         log::error!("{e}");
     }
     let mut ebpf = probes::load_object(&support, cfg)?;
-    let outcomes = probes::attach_all(&mut ebpf, &support, cfg.probes.mode, explore);
+    let outcomes = probes::attach_all(&mut ebpf, &support, &cfg.probes, explore);
     Ok(Attached { ebpf, outcomes })
 }
 

@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | run | test`.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -30,6 +31,18 @@ enum Task {
     },
     /// Set up, then check formatting and lints and run every test.
     Test,
+    /// Benchmarks; results go to docs/BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Slowdown of a COW-heavy and a page-cache streaming workload with memwatch
+    /// against without, and the cost per kernel event.
+    Overhead,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +72,13 @@ fn real_main() -> Result<()> {
                 .exec();
             Err(err).with_context(|| format!("exec {}", bin.display()))
         }
+        Task::Bench { which } => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "memwatch"])?;
+            match which {
+                BenchKind::Overhead => bench::overhead(),
+            }
+        }
         Task::Test => {
             setup::run()?;
             cargo(&["fmt", "--all", "--check"])?;
@@ -66,24 +86,68 @@ fn real_main() -> Result<()> {
             ebpf_clippy()?;
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
-            test_summary(&["test", "--", "--test-threads=1"])
+            let mut total = Counts::default();
+            test_run(&["test", "--", "--test-threads=1"], None, &mut total)?;
+            // The integration suite again with the tracepoint rung forced: everything
+            // that rung can see must still pass.
+            test_run(
+                &[
+                    "test",
+                    "-p",
+                    "memwatch",
+                    "--test",
+                    "accuracy",
+                    "--test",
+                    "cow_fork",
+                    "--test",
+                    "host",
+                    "--",
+                    "--test-threads=1",
+                ],
+                Some("tracepoint"),
+                &mut total,
+            )?;
+            println!(
+                "{} passed, {} failed, {} skipped",
+                total.passed, total.failed, total.skipped
+            );
+            if total.failed > 0 {
+                bail!("{} tests failed", total.failed);
+            }
+            Ok(())
         }
     }
 }
 
-/// Runs `cargo test`, passing its output through, and closes with one line that sums
-/// every test binary's result, so a reader (or CI) sees the whole count at the end.
-fn test_summary(args: &[&str]) -> Result<()> {
+/// Test counts summed over runs.
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+/// Runs `cargo test` (with the probe mode forced when `mode` is set), passing its
+/// output through and adding its results to `total`, so the run can close with one
+/// line that sums every test binary's result.
+fn test_run(args: &[&str], mode: Option<&str>, total: &mut Counts) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let mut child = Command::new(&cargo)
-        .args(args)
+    eprintln!(
+        "xtask: {}cargo {}",
+        mode.map(|m| format!("MEMWATCH_TEST_PROBE_MODE={m} "))
+            .unwrap_or_default(),
+        args.join(" ")
+    );
+    let mut cmd = Command::new(&cargo);
+    cmd.args(args)
         .current_dir(workspace_root())
         .env("PATH", setup::path_with_tools())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
+        .stdout(std::process::Stdio::piped());
+    if let Some(m) = mode {
+        cmd.env("MEMWATCH_TEST_PROBE_MODE", m);
+    }
+    let mut child = cmd.spawn().context("running cargo test")?;
     let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
@@ -106,8 +170,16 @@ fn test_summary(args: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    total.passed += passed;
+    total.failed += failed;
+    total.skipped += skipped;
     if !status.success() {
+        println!(
+            "{} passed, {} failed, {} skipped",
+            total.passed,
+            total.failed.max(1),
+            total.skipped
+        );
         bail!("cargo test failed ({status})");
     }
     Ok(())

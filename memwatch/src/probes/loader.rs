@@ -46,11 +46,32 @@ impl HookOutcome {
 pub fn attach_all(
     ebpf: &mut Ebpf,
     support: &KernelSupport,
-    mode: ProbeMode,
+    probes: &crate::config::Probes,
     explore: bool,
 ) -> Vec<HookOutcome> {
+    let mode = probes.mode;
+    // Selected hooks, plus the hooks their tracepoint rungs are fed by.
+    let wanted = |hook: &Hook| {
+        probes.wants(hook.family, hook.name)
+            || HOOKS.iter().any(|h| {
+                probes.wants(h.family, h.name)
+                    && h.rungs.iter().any(|r| {
+                        r.attach
+                            .iter()
+                            .any(|a| matches!(a, Attach::Shared { hook: x } if *x == hook.name))
+                    })
+            })
+    };
     let mut outcomes: Vec<HookOutcome> = Vec::new();
     for hook in HOOKS {
+        if !wanted(hook) {
+            log::debug!(
+                "{}/{}: not selected by probes.hooks",
+                hook.family,
+                hook.name
+            );
+            continue;
+        }
         let forced = forced_mode(hook, mode);
         let mut attempts = Vec::new();
         let mut chosen = None;
