@@ -162,8 +162,10 @@ pub mod proc {
     pub const MEMCG_RECLAIM_NS: usize = fault::SLOTS + 19;
     /// Pages reclaimed by memory-cgroup limit reclaim.
     pub const MEMCG_RECLAIMED: usize = fault::SLOTS + 20;
+    /// Longest single `do_wp_page`, ns (a maximum, not a sum: not in the globals).
+    pub const WP_MAX_NS: usize = fault::SLOTS + 21;
     /// Number of per-process counters.
-    pub const COUNTERS: usize = fault::SLOTS + 21;
+    pub const COUNTERS: usize = fault::SLOTS + 22;
 }
 
 /// Global-only counters, in `GLOBALS` after the per-process ones.
@@ -284,8 +286,35 @@ pub struct DevKey {
 pub const DEV_DIRTIED: u32 = 0;
 pub const DEV_WRITTEN: u32 = 1;
 
+/// Events the programs stream to the agent (ring buffer `EVENTS`): only what needs
+/// correlating in time (a fork and the child's exit), never per-fault traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `EVENT_FORK` or `EVENT_EXIT`.
+    pub kind: u32,
+    /// Fork: the parent's tgid. Exit: the exiting process's tgid.
+    pub tgid: u32,
+    /// Fork: the child's pid. Exit: 0.
+    pub child: u32,
+    /// Exit: the wait status (`task_struct.exit_code`), or `u32::MAX` if unknown.
+    pub exit_code: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the event.
+    pub ts_ns: u64,
+    /// Fork: syscall duration, ns.
+    pub fork_ns: u64,
+    /// Fork: `dup_mmap` duration, ns (0 where no function hook attaches).
+    pub dup_mmap_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+pub const EVENT_FORK: u32 = 1;
+pub const EVENT_EXIT: u32 = 2;
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: as below.
+    unsafe impl aya::Pod for super::Event {}
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::ProcRow {}
     // SAFETY: as above.
@@ -328,5 +357,6 @@ mod tests {
         assert_eq!(size_of::<crate::ProcRow>(), 8 * crate::proc::COUNTERS + 16);
         assert_eq!(size_of::<crate::HistKey>(), 32);
         assert_eq!(size_of::<crate::DevKey>(), 40);
+        assert_eq!(size_of::<crate::Event>(), 56);
     }
 }

@@ -47,6 +47,12 @@ pub const PENDING_DUP_MMAP: u32 = 2;
 pub const PENDING_DIRECT_RECLAIM: u32 = 3;
 pub const PENDING_MEMCG_RECLAIM: u32 = 4;
 pub const PENDING_WB_WORK: u32 = 5;
+/// The duration of the last `dup_mmap` of this thread, for the fork event.
+pub const PENDING_DUP_MMAP_DONE: u32 = 6;
+
+/// Fork and exit events for the agent's fork episodes.
+#[map]
+pub static EVENTS: aya_ebpf::maps::RingBuf = aya_ebpf::maps::RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Key: (thread id << 8) | what.
 #[map]
@@ -71,6 +77,18 @@ pub fn begin(what: u32, aux: u64) {
 #[inline(always)]
 pub fn pending(what: u32) -> Option<*mut Pending> {
     PENDING.get_ptr_mut(pending_key(what))
+}
+
+/// Takes the pending entry `what` of the current thread, if any, without counting a
+/// miss: (start ns, aux).
+#[inline(always)]
+pub fn take(what: u32) -> Option<(u64, u64)> {
+    let key = pending_key(what);
+    let p = PENDING.get_ptr(key)?;
+    // SAFETY: a live map value.
+    let v = unsafe { ((*p).start_ns, (*p).aux) };
+    let _ = PENDING.remove(key);
+    Some(v)
 }
 
 /// Ends `what` for the current thread: (elapsed ns, aux), if its start was seen.
@@ -174,6 +192,23 @@ pub fn count2(a: usize, na: u64, b: usize, nb: u64) {
             unsafe {
                 atomic_add(&raw mut (*row).counts[a], na);
                 atomic_add(&raw mut (*row).counts[b], nb);
+            }
+        }
+    }
+}
+
+/// Raises the current process's counter `idx` to `v` if larger (a maximum; racy
+/// between CPUs of one process, which only loses a near-tie).
+#[inline(always)]
+pub fn raise(idx: usize, v: u64) {
+    if idx < proc::COUNTERS {
+        if let Some(row) = proc_row() {
+            // SAFETY: a live map value; the index is bounds-checked.
+            unsafe {
+                let p = &raw mut (*row).counts[idx];
+                if *p < v {
+                    *p = v;
+                }
             }
         }
     }

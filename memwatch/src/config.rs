@@ -34,6 +34,15 @@ process_max_entries = 10240
 # Processes exported with their own pid/comm labels; the rest are summed in "other".
 process_top_n = 50
 
+[episodes]
+# Forks of these processes become fork episodes (fork to child exit): by command name
+# (a trailing * matches any suffix), by pid, or by cgroup path (and its descendants).
+watch_comms = ["redis-server"]
+watch_pids = []
+watch_cgroups = []
+# Where each finished episode is written as one JSON line: "stdout", "none" or a path.
+log = "stdout"
+
 [collectors]
 # /proc/meminfo, every field.
 meminfo = true
@@ -50,6 +59,7 @@ pub struct Config {
     pub log: Log,
     pub probes: Probes,
     pub tables: Tables,
+    pub episodes: Episodes,
     pub collectors: Collectors,
 }
 
@@ -158,6 +168,26 @@ impl Default for Tables {
         Self {
             process_max_entries: 10240,
             process_top_n: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Episodes {
+    pub watch_comms: Vec<String>,
+    pub watch_pids: Vec<u32>,
+    pub watch_cgroups: Vec<String>,
+    pub log: String,
+}
+
+impl Default for Episodes {
+    fn default() -> Self {
+        Self {
+            watch_comms: vec!["redis-server".into()],
+            watch_pids: Vec::new(),
+            watch_cgroups: Vec::new(),
+            log: "stdout".into(),
         }
     }
 }

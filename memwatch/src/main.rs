@@ -3,13 +3,18 @@
 mod btf;
 mod collectors;
 mod config;
+mod episodes;
 mod metrics;
 mod privileges;
 mod probes;
 mod server;
 mod tracefs;
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +50,31 @@ enum Command {
     Probes(ProbesArgs),
     /// Configuration helpers.
     Config(ConfigArgs),
+    /// Report fork episodes (fork to child exit) of watched processes, with a
+    /// verdict: from the running daemon, or with probes of its own when none runs.
+    ForkReport(ForkReportArgs),
+}
+
+#[derive(Args)]
+struct ForkReportArgs {
+    /// Only episodes of processes with this command name.
+    #[arg(long)]
+    comm: Option<String>,
+    /// Only episodes of this parent pid.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Keep printing episodes as they finish.
+    #[arg(long)]
+    follow: bool,
+    /// One JSON object per episode (the daemon's log format) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The daemon to ask.
+    #[arg(long, default_value = "http://127.0.0.1:9847")]
+    url: String,
+    /// Config for probes of its own (watch list) when no daemon answers.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -99,6 +129,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Probes(args)) => probes_cmd(args),
         Some(Command::Config(args)) => config_cmd(args),
+        Some(Command::ForkReport(args)) => fork_report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -207,36 +238,11 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
         if cfg.collectors.meminfo {
             registry.register(Box::new(collectors::meminfo::Meminfo::new("/proc")));
         }
-        let mut attached = None;
-        if cfg.collectors.bpf {
-            match attach_probes(&cfg, false) {
-                Ok(mut a) => {
-                    forward_ebpf_logs(&mut a.ebpf);
-                    let attached_hooks = a
-                        .outcomes
-                        .iter()
-                        .filter_map(|o| o.chosen.map(|m| (o.hook.name, m)))
-                        .collect();
-                    match collectors::bpf::Bpf::new(
-                        &mut a.ebpf,
-                        attached_hooks,
-                        cfg.tables.process_top_n,
-                        cfg.tables.process_max_entries,
-                    ) {
-                        Ok(c) => registry.register(Box::new(c)),
-                        Err(e) => log::error!("eBPF counters unavailable: {e:#}"),
-                    }
-                    registry.register(Box::new(collectors::probes::ProbeInfo::new(
-                        a.outcomes.clone(),
-                    )));
-                    attached = Some(a);
-                }
-                Err(Fatal::Runtime(e)) => {
-                    log::error!("{e:#}; serving /proc metrics only");
-                }
-                Err(usage) => return Err(usage),
-            }
-        }
+        let running = if cfg.collectors.bpf {
+            start_probes(&cfg, &mut registry).await?
+        } else {
+            None
+        };
         let registry = Arc::new(registry);
         log::info!(
             "serving {} on http://{}",
@@ -246,21 +252,143 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        server::serve(
-            listener,
+        let state = server::AppState {
             registry,
-            &cfg.web.telemetry_path,
-            shutdown_signal(),
-        )
-        .await
-        .context("serving HTTP")?;
-        if let Some(a) = attached {
-            let n = a.outcomes.iter().filter(|o| o.chosen.is_some()).count();
-            drop(a.ebpf);
+            episodes: running.as_ref().and_then(|r| r.tracker.clone()),
+        };
+        server::serve(listener, state, &cfg.web.telemetry_path, shutdown_signal())
+            .await
+            .context("serving HTTP")?;
+        if let Some(r) = running {
+            let n = r
+                .attached
+                .outcomes
+                .iter()
+                .filter(|o| o.chosen.is_some())
+                .count();
+            drop(r.attached.ebpf);
             log::info!("detached {n} hooks; exiting");
         }
         Ok(())
     })
+}
+
+/// Probes attached and what reads them.
+struct Running {
+    attached: Attached,
+    /// Fork episodes, when the fork hooks attached.
+    tracker: Option<Arc<Mutex<episodes::Tracker>>>,
+}
+
+/// Loads and attaches the probes, registers their collectors, and starts the fork
+/// episode tasks. Without eBPF (a runtime failure) it says so and returns None: the
+/// /proc collectors still serve.
+async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Running>, Fatal> {
+    let mut a = match attach_probes(cfg, false) {
+        Ok(a) => a,
+        Err(Fatal::Runtime(e)) => {
+            log::error!("{e:#}; serving /proc metrics only");
+            return Ok(None);
+        }
+        Err(usage) => return Err(usage),
+    };
+    forward_ebpf_logs(&mut a.ebpf);
+    let hooks: collectors::bpf::Attached = a
+        .outcomes
+        .iter()
+        .filter_map(|o| o.chosen.map(|m| (o.hook.name, m)))
+        .collect();
+    let cow = if matches!(hooks.get("do_wp_page"), Some(Mode::Fentry | Mode::Kprobe))
+        && hooks.contains_key("wp_page_reuse")
+    {
+        episodes::CowSource::Copies
+    } else {
+        episodes::CowSource::WriteProtectFaults
+    };
+    let forks = hooks.contains_key("fork_syscalls") && hooks.contains_key("process_exit");
+    let mut tracker = None;
+    match collectors::bpf::Bpf::new(
+        &mut a.ebpf,
+        hooks,
+        cfg.tables.process_top_n,
+        cfg.tables.process_max_entries,
+    ) {
+        Ok(c) => {
+            if forks {
+                match start_episodes(&mut a.ebpf, cfg, cow, c.rows()) {
+                    Ok(t) => {
+                        registry.register(Box::new(collectors::episodes::Episodes::new(t.clone())));
+                        tracker = Some(t);
+                    }
+                    Err(e) => log::error!("fork episodes unavailable: {e:#}"),
+                }
+            } else {
+                log::warn!(
+                    "fork episodes unavailable: the fork and process-exit hooks did not attach"
+                );
+            }
+            registry.register(Box::new(c));
+        }
+        Err(e) => log::error!("eBPF counters unavailable: {e:#}"),
+    }
+    registry.register(Box::new(collectors::probes::ProbeInfo::new(
+        a.outcomes.clone(),
+    )));
+    Ok(Some(Running {
+        attached: a,
+        tracker,
+    }))
+}
+
+/// Starts reading fork/exit events into a tracker, and sampling running episodes.
+fn start_episodes(
+    ebpf: &mut aya::Ebpf,
+    cfg: &Config,
+    cow: episodes::CowSource,
+    rows: collectors::bpf::ProcRows,
+) -> anyhow::Result<Arc<Mutex<episodes::Tracker>>> {
+    use tokio::io::unix::AsyncFd;
+    let ring = aya::maps::RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .context("map EVENTS missing from the eBPF object")?,
+    )?;
+    let tracker = Arc::new(Mutex::new(
+        episodes::Tracker::new(&cfg.episodes, cow)
+            .with_context(|| format!("opening episodes.log {:?}", cfg.episodes.log))?,
+    ));
+    // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
+    let (t, r) = (tracker.clone(), rows.clone());
+    tokio::spawn(async move {
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
+                    log::error!("fork events stopped: {e}");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<memwatch_common::Event>() {
+                    // SAFETY: the programs write whole `Event`s; read unaligned.
+                    let ev: memwatch_common::Event =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    t.lock().expect("tracker lock").on_event(&ev, &r);
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    let t = tracker.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(episodes::Tracker::SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            t.lock().expect("tracker lock").sample(&rows);
+        }
+    });
+    Ok(tracker)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -356,6 +484,155 @@ fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> Str
     }
     s.push_str("\n* = the rung `memwatch run` uses\n");
     s
+}
+
+/// GET `path` from an `http://host:port` base URL; the body on 200.
+fn http_get(base: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let hostport = base
+        .strip_prefix("http://")
+        .unwrap_or(base)
+        .trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    if !head.contains(" 200 ") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_string(),
+        ));
+    }
+    Ok(body.to_string())
+}
+
+fn print_episode(e: &episodes::Episode, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(e).unwrap_or_default());
+    } else {
+        println!("{}", episodes::report::render(e));
+    }
+}
+
+fn fork_report(args: ForkReportArgs) -> Result<(), Fatal> {
+    let mut query = Vec::new();
+    if let Some(c) = &args.comm {
+        query.push(format!("comm={c}"));
+    }
+    if let Some(p) = args.pid {
+        query.push(format!("pid={p}"));
+    }
+    let path = format!("/api/episodes?{}", query.join("&"));
+    let filter = server::EpisodeFilter {
+        comm: args.comm.clone(),
+        pid: args.pid,
+    };
+    match http_get(&args.url, &path) {
+        Ok(body) => {
+            let resp: server::EpisodesResponse = serde_json::from_str(&body)
+                .with_context(|| format!("{} did not answer like memwatch", args.url))?;
+            if !resp.tracking {
+                return Err(Fatal::Runtime(anyhow::anyhow!(
+                    "the daemon at {} tracks no fork episodes (its fork hooks did not attach; \
+                     see `memwatch probes`)",
+                    args.url
+                )));
+            }
+            let mut seen = 0;
+            for e in &resp.finished {
+                print_episode(e, args.json);
+                seen = seen.max(e.id);
+            }
+            if !args.follow {
+                for e in &resp.active {
+                    print_episode(e, args.json);
+                }
+                if resp.finished.is_empty() && resp.active.is_empty() && !args.json {
+                    println!("no fork episodes yet (watched: see episodes.watch_comms)");
+                }
+                return Ok(());
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let body = http_get(&args.url, &path).context("polling the daemon")?;
+                let resp: server::EpisodesResponse =
+                    serde_json::from_str(&body).context("parsing the daemon's answer")?;
+                let last = seen;
+                for e in resp.finished.iter().filter(|e| e.id > last) {
+                    print_episode(e, args.json);
+                    seen = e.id;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "memwatch: no daemon at {} ({e}); attaching probes of my own, waiting for {}",
+                args.url,
+                if args.follow {
+                    "episodes (Ctrl-C to stop)"
+                } else {
+                    "the next episode"
+                }
+            );
+            let mut cfg = match &args.config {
+                Some(p) => Config::load(p).map_err(|e| Fatal::Usage(e.to_string()))?,
+                None => Config::default(),
+            };
+            // The report goes to stdout; the episode log would repeat it.
+            cfg.episodes.log = "none".into();
+            if let Some(c) = &args.comm {
+                if !cfg.episodes.watch_comms.contains(c) {
+                    cfg.episodes.watch_comms.push(c.clone());
+                }
+            }
+            if let Some(p) = args.pid {
+                cfg.episodes.watch_pids.push(p);
+            }
+            init_logging(LogLevel::Warn);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async move {
+                let mut registry = Registry::default();
+                let running = start_probes(&cfg, &mut registry).await?.ok_or_else(|| {
+                    Fatal::Runtime(anyhow::anyhow!("no eBPF: cannot track forks"))
+                })?;
+                let tracker = running.tracker.clone().ok_or_else(|| {
+                    Fatal::Runtime(anyhow::anyhow!(
+                        "the fork hooks did not attach (see `memwatch probes`)"
+                    ))
+                })?;
+                let mut seen = 0;
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+                let mut stop = Box::pin(shutdown_signal());
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = &mut stop => return Ok(()),
+                    }
+                    let new: Vec<episodes::Episode> = tracker
+                        .lock()
+                        .expect("tracker lock")
+                        .finished
+                        .iter()
+                        .filter(|e| e.id > seen && filter.keeps(e))
+                        .cloned()
+                        .collect();
+                    for e in new {
+                        seen = e.id;
+                        print_episode(&e, args.json);
+                        if !args.follow {
+                            return Ok(());
+                        }
+                    }
+                }
+            })
+        }
+    }
 }
 
 fn config_cmd(args: ConfigArgs) -> Result<(), Fatal> {

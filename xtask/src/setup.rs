@@ -17,6 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PACKAGES: &[&str] = &[
     // Cross-checks, in the tests, that memwatch's programs are loaded and detached.
     "bpftool",
+    // The Redis fork-episode test: redis-server, redis-cli, redis-benchmark.
+    "redis-server",
 ];
 
 pub fn run() -> Result<()> {

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use memwatch_common::{hist, proc};
 
-use crate::maps::{begin, count, count2, end, observe, pending, PENDING_WP};
+use crate::maps::{begin, count, count2, end, observe, pending, raise, PENDING_WP};
 
 /// Returns that mean no page was copied: OOM | SIGBUS | HWPOISON | HWPOISON_LARGE |
 /// SIGSEGV | RETRY | FALLBACK | COMPLETED (stable values since 5.x).
@@ -51,6 +51,7 @@ fn on_wp_done(ret: u32) {
         return;
     };
     count2(proc::WP_CALLS, 1, proc::WP_NS, ns);
+    raise(proc::WP_MAX_NS, ns);
     observe(hist::WP_FAULT, ns);
     if aux & REUSED != 0 {
         count(proc::COW_REUSES, 1);

@@ -3,15 +3,23 @@
 //! attaches.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel, bpf_probe_read_user,
+    },
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use memwatch_common::{hist, proc};
+use memwatch_common::{hist, proc, Event, COMM_LEN, EVENT_EXIT, EVENT_FORK};
 
 use crate::maps::{
-    begin, count, count2, end, field, observe, observe_keyed, PENDING_DUP_MMAP, PENDING_FORK,
+    begin, count, count2, end, field, now, observe, observe_keyed, take, tgid, EVENTS,
+    PENDING_DUP_MMAP, PENDING_DUP_MMAP_DONE, PENDING_FORK,
 };
+
+/// Offset of `exit_code` in `struct task_struct` (from kernel BTF; 0: unknown).
+#[unsafe(no_mangle)]
+static TASK_EXIT_CODE_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 
 crate::offsets! {
     OFF_CLONE_FLAGS = 16;
@@ -84,11 +92,22 @@ pub fn fork_exit(ctx: TracePointContext) -> u32 {
     if ret < 0 {
         return 0;
     }
+    let dup_mmap_ns = take(PENDING_DUP_MMAP_DONE).map_or(0, |(_, ns)| ns);
     match kind {
         KIND_FORK => {
             count2(proc::FORKS, 1, proc::FORK_NS, ns);
             observe(hist::FORK, ns);
             observe_keyed(hist::FORK, ns, false);
+            emit(Event {
+                kind: EVENT_FORK,
+                tgid: tgid(),
+                child: ret as u32,
+                exit_code: 0,
+                ts_ns: now(),
+                fork_ns: ns,
+                dup_mmap_ns,
+                comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            });
         }
         KIND_VFORK => count(proc::VFORKS, 1),
         _ => count(proc::THREADS, 1),
@@ -125,5 +144,40 @@ fn dup_mmap_done() {
     if let Some((ns, _)) = end(PENDING_DUP_MMAP) {
         count(proc::DUP_MMAP_NS, ns);
         observe(hist::DUP_MMAP, ns);
+        begin(PENDING_DUP_MMAP_DONE, ns);
     }
+}
+
+#[inline(always)]
+fn emit(e: Event) {
+    // A full ring buffer drops the event; the agent counts the gap it leaves.
+    let _ = EVENTS.output::<Event>(&e, 0);
+}
+
+/// sched:sched_process_exit, for whole processes only (the thread-group leader).
+#[tracepoint]
+pub fn fork_process_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if id >> 32 != id & 0xffff_ffff {
+        return 0;
+    }
+    let off = TASK_EXIT_CODE_OFFSET.load() as u64;
+    let exit_code = if off == 0 {
+        u32::MAX
+    } else {
+        // SAFETY: reading the current task's exit_code at its BTF offset.
+        unsafe { bpf_probe_read_kernel((bpf_get_current_task() + off) as *const i32) }
+            .map_or(u32::MAX, |c| c as u32)
+    };
+    emit(Event {
+        kind: EVENT_EXIT,
+        tgid: (id >> 32) as u32,
+        child: 0,
+        exit_code,
+        ts_ns: now(),
+        fork_ns: 0,
+        dup_mmap_ns: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    });
+    0
 }

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -401,7 +401,7 @@ pub struct Bpf {
     stats: PerCpuArray<MapData, u64>,
     hists: PerCpuArray<MapData, u64>,
     nodes: PerCpuArray<MapData, u64>,
-    procs: Mutex<HashMap<MapData, u32, ProcRow>>,
+    procs: Arc<Mutex<HashMap<MapData, u32, ProcRow>>>,
     keyed: HashMap<MapData, HistKey, u64>,
     devices: HashMap<MapData, DevKey, u64>,
     attached: Attached,
@@ -431,7 +431,7 @@ impl Bpf {
             stats: PerCpuArray::try_from(take("STATS")?)?,
             hists: PerCpuArray::try_from(take("HISTS")?)?,
             nodes: PerCpuArray::try_from(take("NODES")?)?,
-            procs: Mutex::new(HashMap::try_from(take("PROCS")?)?),
+            procs: Arc::new(Mutex::new(HashMap::try_from(take("PROCS")?)?)),
             keyed: HashMap::try_from(take("KEYED_HISTS")?)?,
             devices: HashMap::try_from(take("DEVICES")?)?,
             metrics: proc_metrics(&attached),
@@ -442,6 +442,11 @@ impl Bpf {
             page_size,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// A reader of single process rows, for fork episodes.
+    pub fn rows(&self) -> ProcRows {
+        ProcRows(self.procs.clone())
     }
 
     fn sum(array: &PerCpuArray<MapData, u64>, index: usize) -> anyhow::Result<u64> {
@@ -889,6 +894,21 @@ impl Bpf {
         f.sample(&[], stat(stat::MISSED_ENTRIES)? as f64);
         f.push_to(out);
         Ok(())
+    }
+}
+
+/// Reads single rows of the per-process table.
+#[derive(Clone)]
+pub struct ProcRows(Arc<Mutex<HashMap<MapData, u32, ProcRow>>>);
+
+impl crate::episodes::RowSource for ProcRows {
+    fn row(&self, tgid: u32) -> Option<crate::episodes::Counts> {
+        self.0
+            .lock()
+            .expect("procs lock")
+            .get(&tgid, 0)
+            .ok()
+            .map(|r| r.counts)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod attribution;
 pub mod bpf;
 pub mod build_info;
+pub mod episodes;
 pub mod meminfo;
 pub mod probes;
 

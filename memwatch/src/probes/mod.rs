@@ -170,7 +170,11 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     }
     loader.override_global("NS_PER_JIFFY", &ns_per_jiffy, true);
     // Folio sizes, so LRU events count pages like /proc/vmstat does.
-    let folio = crate::btf::Btf::from_sys_fs().and_then(|b| crate::btf::FolioLayout::from_btf(&b));
+    let btf = crate::btf::Btf::from_sys_fs();
+    let folio = btf
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(crate::btf::FolioLayout::from_btf);
     let folio_known: u32 = match &folio {
         Ok(l) => {
             log::debug!("folio layout: {l:?}");
@@ -187,6 +191,13 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     loader.override_global("FOLIO_ORDER_KNOWN", &folio_known, true);
     loader.override_global("FOLIO_HEAD_BIT", &head_bit, true);
     loader.override_global("FOLIO_ORDER_OFFSET", &order_offset, true);
+    // Where a task keeps its exit status, for fork episodes.
+    let exit_code_offset: u32 = btf
+        .as_ref()
+        .ok()
+        .and_then(|b| b.member("task_struct", "exit_code"))
+        .map_or(0, |(off, _)| off);
+    loader.override_global("TASK_EXIT_CODE_OFFSET", &exit_code_offset, true);
     loader.map_max_entries("PROCS", cfg.tables.process_max_entries);
     loader.load(OBJECT).context(
         "loading the eBPF object (creating its maps) failed: check that memwatch runs as root \

@@ -310,6 +310,19 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         family: "fork",
+        name: "process_exit",
+        rungs: &[tracepoint(
+            &[tp(
+                "fork_process_exit",
+                &[("sched", "sched_process_exit")],
+                &[],
+            )],
+            "sched:sched_process_exit",
+            "",
+        )],
+    },
+    Hook {
+        family: "fork",
         name: "dup_mmap",
         rungs: &[
             fentry(&[

@@ -1,0 +1,600 @@
+//! Fork episodes: from a watched process's fork to its child's exit, what the fork
+//! cost the parent (fork latency, COW copies, reclaim and dirty-throttle stalls) and
+//! why. Fed by fork/exit events from the kernel (ring buffer) and the per-process
+//! table, read at the fork, every 100 ms while the child lives, and at its exit.
+
+pub mod context;
+pub mod report;
+pub mod verdict;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::Write,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use memwatch_common::{fault, proc, Event, EVENT_EXIT, EVENT_FORK};
+use serde::{Deserialize, Serialize};
+
+use crate::{collectors::attribution::comm_str, config::Episodes as Config};
+use context::HostContext;
+
+/// Finished episodes kept for `/api/episodes` and `fork-report`.
+const KEEP: usize = 256;
+
+/// A fork episode, as logged (one JSON object per line) and served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Episode {
+    pub id: u64,
+    /// The parent: pid and comm.
+    pub pid: u32,
+    pub comm: String,
+    /// The watch rule that matched (`comm:redis-server`, `pid:42`, `cgroup:/x`).
+    pub watched: String,
+    pub child_pid: u32,
+    /// RFC 3339 UTC time of the fork.
+    pub started_at: String,
+    pub started_unix_seconds: f64,
+    /// Still running (only in `active` lists).
+    pub active: bool,
+    pub child_lifetime_seconds: f64,
+    /// Wait status of the child (exit code << 8 | signal), if known.
+    pub child_exit_code: Option<u32>,
+    pub fork_latency_seconds: f64,
+    /// dup_mmap time (address space and page-table copy), 0 where no function hook
+    /// attaches.
+    pub page_table_copy_seconds: f64,
+    pub parent_rss_bytes: u64,
+    pub parent_anon_bytes: u64,
+    /// Pages the parent copied on write during the child's life.
+    pub parent_cow_pages: u64,
+    pub parent_cow_bytes: u64,
+    pub child_cow_pages: u64,
+    pub child_cow_bytes: u64,
+    /// Memory the child wrote that it did not share with the parent (first-touch
+    /// writes: write faults on pages not present), bytes.
+    pub child_new_bytes: u64,
+    /// How COW pages were counted: `copies` (do_wp_page without reuse, exact) or
+    /// `write_protect_faults` (tracepoint rung: every write-protect fault of the
+    /// process counts as a copy while the child shares its memory).
+    pub cow_source: String,
+    /// Highest parent COW rate over a 100 ms sample, bytes per second.
+    pub peak_cow_bytes_per_second: f64,
+    /// Time in do_wp_page (function rungs only).
+    pub cow_fault_seconds: f64,
+    pub longest_cow_fault_seconds: f64,
+    pub thp_cow_faults: u64,
+    pub reclaim_stall_seconds: f64,
+    pub dirty_throttle_seconds: f64,
+    pub host: HostContext,
+    pub verdict: String,
+    pub findings: Vec<String>,
+}
+
+impl Episode {
+    /// Everything copied on write in the episode, parent and child: what Redis reports
+    /// as `rdb_last_cow_size` / `aof_last_cow_size` (the child's private dirty memory).
+    pub fn cow_bytes(&self) -> u64 {
+        self.parent_cow_bytes + self.child_cow_bytes
+    }
+}
+
+/// Which processes' forks become episodes.
+pub struct Watch {
+    comms: Vec<String>,
+    pids: Vec<u32>,
+    cgroups: Vec<String>,
+}
+
+/// `redis-*` style patterns: a trailing `*` matches any suffix.
+fn comm_matches(pattern: &str, comm: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => comm.starts_with(prefix),
+        None => pattern == comm,
+    }
+}
+
+impl Watch {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            comms: cfg.watch_comms.clone(),
+            pids: cfg.watch_pids.clone(),
+            cgroups: cfg.watch_cgroups.clone(),
+        }
+    }
+
+    /// The rule that makes `pid` (named `comm`) watched, if any.
+    pub fn matches(&self, pid: u32, comm: &str) -> Option<String> {
+        if let Some(p) = self.comms.iter().find(|p| comm_matches(p, comm)) {
+            return Some(format!("comm:{p}"));
+        }
+        if self.pids.contains(&pid) {
+            return Some(format!("pid:{pid}"));
+        }
+        if !self.cgroups.is_empty() {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            for line in text.lines() {
+                let path = line.splitn(3, ':').nth(2).unwrap_or("");
+                if let Some(c) = self
+                    .cgroups
+                    .iter()
+                    .find(|c| path == c.as_str() || path.starts_with(&format!("{c}/")))
+                {
+                    return Some(format!("cgroup:{c}"));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Counters of one process read from the per-process table.
+pub type Counts = [u64; proc::COUNTERS];
+
+/// Reads a process's row of the per-process table.
+pub trait RowSource: Send {
+    fn row(&self, tgid: u32) -> Option<Counts>;
+}
+
+/// How COW is counted on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CowSource {
+    /// do_wp_page exits without reuse (function rungs with wp_page_reuse).
+    Copies,
+    /// Write-protect faults (tracepoint rung).
+    WriteProtectFaults,
+}
+
+impl CowSource {
+    fn pages(self, c: &Counts) -> u64 {
+        match self {
+            CowSource::Copies => c[proc::COW_COPIES],
+            CowSource::WriteProtectFaults => {
+                c[fault::slot(fault::KIND_WRITE_PROTECT, fault::MODE_USER) as usize]
+                    + c[fault::slot(fault::KIND_WRITE_PROTECT, fault::MODE_KERNEL) as usize]
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CowSource::Copies => "copies",
+            CowSource::WriteProtectFaults => "write_protect_faults",
+        }
+    }
+}
+
+struct Active {
+    episode: Episode,
+    start_mono_ns: u64,
+    start: Counts,
+    /// Last sample: (monotonic ns, parent COW pages).
+    last: (u64, u64),
+}
+
+/// A fixed-bucket histogram (upper bounds ascending).
+#[derive(Debug, Clone)]
+pub struct Hist {
+    pub bounds: &'static [f64],
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Hist {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+}
+
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+pub const BYTES_BUCKETS: &[f64] = &[
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+    17179869184.0,
+    68719476736.0,
+];
+
+/// Per watched command: finished episodes and their distributions.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub fork_seconds: Hist,
+    pub cow_bytes: Hist,
+    pub reclaim_seconds: Hist,
+    pub throttle_seconds: Hist,
+    pub last: Episode,
+}
+
+/// Tracks episodes; owned by the agent behind a mutex.
+pub struct Tracker {
+    watch: Watch,
+    cow: CowSource,
+    page_size: u64,
+    active: HashMap<u32, Active>,
+    pub finished: VecDeque<Episode>,
+    next_id: u64,
+    log: Option<Box<dyn Write + Send>>,
+    /// Finished episodes per parent comm, for metrics.
+    pub stats: std::collections::BTreeMap<String, Stats>,
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// RFC 3339 UTC from a Unix time, without a date crate.
+pub fn rfc3339(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let ms = ((unix - secs as f64) * 1000.0) as u32;
+    let days = secs.div_euclid(86400);
+    let sod = secs.rem_euclid(86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// VmRSS and RssAnon of a process, bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+impl Tracker {
+    pub fn new(cfg: &Config, cow: CowSource) -> std::io::Result<Self> {
+        let log: Option<Box<dyn Write + Send>> = match cfg.log.as_str() {
+            "none" | "" => None,
+            "stdout" => Some(Box::new(std::io::stdout())),
+            path => Some(Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Ok(Self {
+            watch: Watch::new(cfg),
+            cow,
+            page_size,
+            active: HashMap::new(),
+            finished: VecDeque::new(),
+            next_id: 1,
+            log,
+            stats: Default::default(),
+        })
+    }
+
+    /// Handles one event from the kernel.
+    pub fn on_event(&mut self, ev: &Event, rows: &dyn RowSource) {
+        match ev.kind {
+            EVENT_FORK => self.on_fork(ev, rows),
+            EVENT_EXIT => {
+                if let Some(a) = self.active.remove(&ev.tgid) {
+                    let code = (ev.exit_code != u32::MAX).then_some(ev.exit_code);
+                    self.finish(a, ev.ts_ns, code, rows);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_fork(&mut self, ev: &Event, rows: &dyn RowSource) {
+        let comm = comm_str(&ev.comm);
+        let Some(watched) = self.watch.matches(ev.tgid, &comm) else {
+            return;
+        };
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        // The event's timestamp is the fork's return; back-date to its start.
+        let lag = mono_ns().saturating_sub(ev.ts_ns) + ev.fork_ns;
+        let started = now_unix - lag as f64 * 1e-9;
+        let (rss_bytes, anon) = rss(ev.tgid);
+        let start = rows.row(ev.tgid).unwrap_or([0; proc::COUNTERS]);
+        let episode = Episode {
+            id: self.next_id,
+            pid: ev.tgid,
+            comm,
+            watched,
+            child_pid: ev.child,
+            started_at: rfc3339(started),
+            started_unix_seconds: started,
+            active: true,
+            fork_latency_seconds: ev.fork_ns as f64 * 1e-9,
+            page_table_copy_seconds: ev.dup_mmap_ns as f64 * 1e-9,
+            parent_rss_bytes: rss_bytes,
+            parent_anon_bytes: anon,
+            cow_source: self.cow.name().into(),
+            host: HostContext::capture(),
+            ..Default::default()
+        };
+        self.next_id += 1;
+        log::info!(
+            "fork episode {} started: {} ({}) forked {} in {:.1} ms",
+            episode.id,
+            episode.pid,
+            episode.comm,
+            episode.child_pid,
+            episode.fork_latency_seconds * 1e3
+        );
+        let cow = self.cow.pages(&start);
+        self.active.insert(
+            ev.child,
+            Active {
+                episode,
+                start_mono_ns: ev.ts_ns,
+                start,
+                last: (ev.ts_ns, cow),
+            },
+        );
+    }
+
+    /// Samples active episodes (every 100 ms): COW so far and its peak rate; ends
+    /// episodes whose child vanished without an exit event.
+    pub fn sample(&mut self, rows: &dyn RowSource) {
+        let now = mono_ns();
+        let mut gone = Vec::new();
+        for (child, a) in self.active.iter_mut() {
+            let Some(row) = rows.row(a.episode.pid) else {
+                continue;
+            };
+            let cow = self.cow.pages(&row);
+            let (t0, c0) = a.last;
+            if now > t0 + 50_000_000 {
+                let rate = cow.saturating_sub(c0) as f64 * self.page_size as f64
+                    / ((now - t0) as f64 * 1e-9);
+                a.episode.peak_cow_bytes_per_second = a.episode.peak_cow_bytes_per_second.max(rate);
+                a.last = (now, cow);
+            }
+            a.episode.parent_cow_pages = cow.saturating_sub(self.cow.pages(&a.start));
+            a.episode.parent_cow_bytes = a.episode.parent_cow_pages * self.page_size;
+            a.episode.child_lifetime_seconds = (now - a.start_mono_ns) as f64 * 1e-9;
+            if !std::path::Path::new(&format!("/proc/{child}")).exists() {
+                gone.push(*child);
+            }
+        }
+        for child in gone {
+            if let Some(a) = self.active.remove(&child) {
+                log::debug!("child {child} gone without an exit event");
+                self.finish(a, now, None, rows);
+            }
+        }
+    }
+
+    fn finish(&mut self, a: Active, end_ns: u64, code: Option<u32>, rows: &dyn RowSource) {
+        let Active {
+            mut episode,
+            start_mono_ns,
+            start,
+            ..
+        } = a;
+        let end = rows.row(episode.pid).unwrap_or(start);
+        let d = |i: usize| end[i].saturating_sub(start[i]);
+        let child = rows.row(episode.child_pid).unwrap_or([0; proc::COUNTERS]);
+        episode.active = false;
+        episode.child_exit_code = code;
+        episode.child_lifetime_seconds = end_ns.saturating_sub(start_mono_ns) as f64 * 1e-9;
+        episode.parent_cow_pages = self.cow.pages(&end).saturating_sub(self.cow.pages(&start));
+        episode.parent_cow_bytes = episode.parent_cow_pages * self.page_size;
+        episode.child_cow_pages = self.cow.pages(&child);
+        episode.child_cow_bytes = episode.child_cow_pages * self.page_size;
+        episode.child_new_bytes = (child
+            [fault::slot(fault::KIND_WRITE_NOT_PRESENT, fault::MODE_USER) as usize]
+            + child[fault::slot(fault::KIND_WRITE_NOT_PRESENT, fault::MODE_KERNEL) as usize])
+            * self.page_size;
+        episode.cow_fault_seconds = d(proc::WP_NS) as f64 * 1e-9;
+        episode.longest_cow_fault_seconds = end[proc::WP_MAX_NS] as f64 * 1e-9;
+        episode.thp_cow_faults = d(proc::THP_WP_FAULTS);
+        episode.reclaim_stall_seconds =
+            (d(proc::DIRECT_RECLAIM_NS) + d(proc::MEMCG_RECLAIM_NS)) as f64 * 1e-9;
+        episode.dirty_throttle_seconds = d(proc::THROTTLE_NS) as f64 * 1e-9;
+        let findings = verdict::findings(&episode);
+        episode.verdict = verdict::verdict(&episode, &findings);
+        episode.findings = findings.into_iter().map(|f| f.text).collect();
+        log::info!(
+            "fork episode {} ended: child {} lived {:.2} s, COW {:.1} MiB; {}",
+            episode.id,
+            episode.child_pid,
+            episode.child_lifetime_seconds,
+            episode.cow_bytes() as f64 / (1 << 20) as f64,
+            episode.verdict
+        );
+        if let Some(log) = self.log.as_mut() {
+            if let Ok(line) = serde_json::to_string(&episode) {
+                let _ = writeln!(log, "{line}");
+                let _ = log.flush();
+            }
+        }
+        let st = self
+            .stats
+            .entry(episode.comm.clone())
+            .or_insert_with(|| Stats {
+                fork_seconds: Hist::new(SECONDS_BUCKETS),
+                cow_bytes: Hist::new(BYTES_BUCKETS),
+                reclaim_seconds: Hist::new(SECONDS_BUCKETS),
+                throttle_seconds: Hist::new(SECONDS_BUCKETS),
+                last: Episode::default(),
+            });
+        st.fork_seconds.observe(episode.fork_latency_seconds);
+        st.cow_bytes.observe(episode.cow_bytes() as f64);
+        st.reclaim_seconds.observe(episode.reclaim_stall_seconds);
+        st.throttle_seconds.observe(episode.dirty_throttle_seconds);
+        st.last = episode.clone();
+        if self.finished.len() == KEEP {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(episode);
+    }
+
+    /// Episodes still running, with their figures so far.
+    pub fn active(&self) -> Vec<Episode> {
+        let mut v: Vec<Episode> = self.active.values().map(|a| a.episode.clone()).collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    /// How often `sample` should run.
+    pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_305_600.25), "2026-11-22T00:00:00.250Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn watch_rules() {
+        let w = Watch {
+            comms: vec!["redis-server".into(), "postgres*".into()],
+            pids: vec![7],
+            cgroups: vec![],
+        };
+        assert_eq!(
+            w.matches(1, "redis-server").as_deref(),
+            Some("comm:redis-server")
+        );
+        assert_eq!(
+            w.matches(1, "postgres: wal").as_deref(),
+            Some("comm:postgres*")
+        );
+        assert_eq!(w.matches(7, "x").as_deref(), Some("pid:7"));
+        assert_eq!(w.matches(8, "redis-rdb-bgsave"), None);
+    }
+
+    struct Rows(HashMap<u32, Counts>);
+    impl RowSource for Rows {
+        fn row(&self, tgid: u32) -> Option<Counts> {
+            self.0.get(&tgid).copied()
+        }
+    }
+
+    #[test]
+    fn an_episode_from_events() {
+        let cfg = Config {
+            watch_comms: vec!["redis-server".into()],
+            log: "none".into(),
+            ..Default::default()
+        };
+        let mut t = Tracker::new(&cfg, CowSource::Copies).unwrap();
+        let mut comm = [0u8; 16];
+        comm[..12].copy_from_slice(b"redis-server");
+        let mut rows = Rows(HashMap::new());
+        let mut start = [0u64; proc::COUNTERS];
+        start[proc::COW_COPIES] = 10;
+        rows.0.insert(100, start);
+        let now = mono_ns();
+        t.on_event(
+            &Event {
+                kind: EVENT_FORK,
+                tgid: 100,
+                child: 200,
+                exit_code: 0,
+                ts_ns: now,
+                fork_ns: 2_000_000,
+                dup_mmap_ns: 0,
+                comm,
+            },
+            &rows,
+        );
+        assert_eq!(t.active().len(), 1);
+        let mut end = start;
+        end[proc::COW_COPIES] = 1010;
+        end[proc::DIRECT_RECLAIM_NS] = 300_000_000;
+        rows.0.insert(100, end);
+        let mut child = [0u64; proc::COUNTERS];
+        child[proc::COW_COPIES] = 5;
+        rows.0.insert(200, child);
+        t.on_event(
+            &Event {
+                kind: EVENT_EXIT,
+                tgid: 200,
+                child: 0,
+                exit_code: 0,
+                ts_ns: now + 1_500_000_000,
+                fork_ns: 0,
+                dup_mmap_ns: 0,
+                comm: [0; 16],
+            },
+            &rows,
+        );
+        let e = t.finished.back().unwrap();
+        assert_eq!(e.parent_cow_pages, 1000);
+        assert_eq!(e.child_cow_pages, 5);
+        assert!((e.child_lifetime_seconds - 1.5).abs() < 1e-9);
+        assert!((e.fork_latency_seconds - 0.002).abs() < 1e-12);
+        assert!(e.verdict.starts_with("direct_reclaim"), "{}", e.verdict);
+        assert_eq!(e.child_exit_code, Some(0));
+        // Forks of unwatched processes are ignored.
+        comm[..12].copy_from_slice(b"postgres\0\0\0\0");
+        t.on_event(
+            &Event {
+                kind: EVENT_FORK,
+                tgid: 300,
+                child: 301,
+                exit_code: 0,
+                ts_ns: now,
+                fork_ns: 1,
+                dup_mmap_ns: 0,
+                comm,
+            },
+            &rows,
+        );
+        assert!(t.active().is_empty());
+    }
+}
