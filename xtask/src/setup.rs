@@ -17,6 +17,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PACKAGES: &[&str] = &[
     // Cross-checks, in the tests, that memwatch's programs are loaded and detached.
     "bpftool",
+    // `cargo xtask vm-test`: boots Debian kernels under QEMU with a busybox initramfs.
+    "qemu-system-x86",
+    "busybox-static",
 ];
 
 pub fn run() -> Result<()> {
