@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask setup | run | test`.
+//! Developer tasks: `cargo xtask setup | run | test | vm-test | vm-fixtures`.
 
 mod setup;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -30,6 +31,12 @@ enum Task {
     },
     /// Set up, then check formatting and lints and run every test.
     Test,
+    /// Run the integration tests on Debian kernels (5.10, 6.1, 6.12) in QEMU, once per
+    /// probe rung (fentry, kprobe, tracepoint).
+    VmTest(vm::TestArgs),
+    /// Boot the Debian kernels and capture /proc and tracefs fixture files from them
+    /// into memwatch/tests/fixtures.
+    VmFixtures(vm::FixtureArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +74,19 @@ fn real_main() -> Result<()> {
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
             test_summary(&["test", "--", "--test-threads=1"])
+        }
+        Task::VmTest(args) => {
+            setup::run()?;
+            let counts = vm::test(&args)?;
+            println!("{counts}");
+            if counts.failed > 0 {
+                bail!("{} VM test(s) failed", counts.failed);
+            }
+            Ok(())
+        }
+        Task::VmFixtures(args) => {
+            setup::run()?;
+            vm::fixtures(&args)
         }
     }
 }
