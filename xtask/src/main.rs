@@ -29,7 +29,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, then check formatting and lints and run every test.
+    /// Set up, then check formatting and lints, run every test on this host, then the
+    /// integration tests on Debian kernels in QEMU (`vm-test --kernel all`).
     Test,
     /// Run the integration tests on Debian kernels (5.10, 6.1, 6.12) in QEMU, once per
     /// probe rung (fentry, kprobe, tracepoint).
@@ -73,7 +74,29 @@ fn real_main() -> Result<()> {
             ebpf_clippy()?;
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
-            test_summary(&["test", "--", "--test-threads=1"])
+            let host = test_summary(&["test", "--", "--test-threads=1"]);
+            // The VM matrix runs even when a host test failed, so one run shows both.
+            let vm = vm::test(&vm::TestArgs {
+                kernel: "all".into(),
+                rung: Vec::new(),
+                refresh: false,
+                accel: vm::Accel::Tcg,
+                quiet: false,
+                append: String::new(),
+            });
+            let (host, vm) = (host?, vm?);
+            println!("host: {}", host.counts);
+            println!("vm: {vm}");
+            let total = vm::Counts {
+                passed: host.counts.passed + vm.passed,
+                failed: host.counts.failed + vm.failed,
+                skipped: host.counts.skipped + vm.skipped,
+            };
+            println!("{total}");
+            if !host.success || vm.failed > 0 {
+                bail!("tests failed");
+            }
+            Ok(())
         }
         Task::VmTest(args) => {
             setup::run()?;
@@ -91,9 +114,14 @@ fn real_main() -> Result<()> {
     }
 }
 
-/// Runs `cargo test`, passing its output through, and closes with one line that sums
-/// every test binary's result, so a reader (or CI) sees the whole count at the end.
-fn test_summary(args: &[&str]) -> Result<()> {
+/// What `cargo test` on the host reported.
+struct HostTests {
+    counts: vm::Counts,
+    success: bool,
+}
+
+/// Runs `cargo test`, passing its output through, and sums every test binary's result.
+fn test_summary(args: &[&str]) -> Result<HostTests> {
     use std::io::{BufRead as _, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -126,11 +154,17 @@ fn test_summary(args: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
     if !status.success() {
-        bail!("cargo test failed ({status})");
+        eprintln!("xtask: cargo test failed ({status})");
     }
-    Ok(())
+    Ok(HostTests {
+        counts: vm::Counts {
+            passed,
+            failed,
+            skipped,
+        },
+        success: status.success(),
+    })
 }
 
 /// The workspace root (xtask lives one level below it).
