@@ -470,18 +470,16 @@ fn first_word(s: &str) -> String {
 /// Prints result lines and keeps the count.
 struct Reporter {
     counts: Counts,
-    failures: Vec<String>,
 }
 
 impl Reporter {
-    fn pass(&mut self, what: &str, note: &str) {
+    fn pass(&mut self, what: &str) {
         self.counts.passed += 1;
-        println!("vm {what} ... ok{note}");
+        println!("vm {what} ... ok");
     }
     fn fail(&mut self, what: &str, why: &str) {
         self.counts.failed += 1;
         println!("vm {what} ... FAILED{why}");
-        self.failures.push(what.to_string());
     }
     fn skip(&mut self, what: &str, why: &str) {
         self.counts.skipped += 1;
@@ -505,7 +503,7 @@ impl Reporter {
             match run.results.get(t).map(String::as_str) {
                 Some("ok") => match run.skip_reason(t) {
                     Some(why) => self.skip(&what, &why),
-                    None => self.pass(&what, ""),
+                    None => self.pass(&what),
                 },
                 Some("ignored") => self.skip(&what, "#[ignore]"),
                 Some(_) => {
@@ -518,6 +516,7 @@ impl Reporter {
                 None => {
                     any_failed = true;
                     let why = match exit {
+                        Ok(143) => format!(" (no result: timed out after {BINARY_TIMEOUT_SECS}s)"),
                         Ok(rc) => format!(" (no result; the binary exited with {rc})"),
                         Err(why) => format!(" (no result: {why})"),
                     };
@@ -581,7 +580,6 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
 
     let mut rep = Reporter {
         counts: Counts::default(),
-        failures: Vec::new(),
     };
     let mut timings = Vec::new();
     for k in &kernels {
@@ -676,7 +674,7 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
     }
     eprintln!(
         "xtask: vm: {} in {:.0}s ({}, {})",
-        if rep.failures.is_empty() {
+        if rep.counts.failed == 0 {
             "all done"
         } else {
             "done with failures"
