@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask setup | run | test`.
+//! Developer tasks: `cargo xtask setup | run | test | vm-test | vm-fixtures`.
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -29,8 +30,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, then check formatting and lints and run every test.
+    /// Set up, then check formatting and lints, run every test on this host, then the
+    /// integration tests on Debian kernels in QEMU (`vm-test --kernel all`).
     Test,
+    /// Run the integration tests on Debian kernels (5.10, 6.1, 6.12) in QEMU, once per
+    /// probe rung (fentry, kprobe, tracepoint).
+    VmTest(vm::TestArgs),
+    /// Boot the Debian kernels and capture /proc and tracefs fixture files from them
+    /// into memwatch/tests/fixtures.
+    VmFixtures(vm::FixtureArgs),
     /// Benchmarks; results go to docs/BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -86,68 +94,64 @@ fn real_main() -> Result<()> {
             ebpf_clippy()?;
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
-            let mut total = Counts::default();
-            test_run(&["test", "--", "--test-threads=1"], None, &mut total)?;
-            // The integration suite again with the tracepoint rung forced: everything
-            // that rung can see must still pass.
-            test_run(
-                &[
-                    "test",
-                    "-p",
-                    "memwatch",
-                    "--test",
-                    "accuracy",
-                    "--test",
-                    "cow_fork",
-                    "--test",
-                    "host",
-                    "--",
-                    "--test-threads=1",
-                ],
-                Some("tracepoint"),
-                &mut total,
-            )?;
-            println!(
-                "{} passed, {} failed, {} skipped",
-                total.passed, total.failed, total.skipped
-            );
-            if total.failed > 0 {
-                bail!("{} tests failed", total.failed);
+            let host = test_summary(&["test", "--", "--test-threads=1"]);
+            // The VM matrix runs even when a host test failed, so one run shows both.
+            let vm = vm::test(&vm::TestArgs {
+                kernel: "all".into(),
+                rung: Vec::new(),
+                refresh: false,
+                accel: vm::Accel::Tcg,
+                quiet: false,
+                append: String::new(),
+            });
+            let (host, vm) = (host?, vm?);
+            println!("host: {}", host.counts);
+            println!("vm: {vm}");
+            let total = vm::Counts {
+                passed: host.counts.passed + vm.passed,
+                failed: host.counts.failed + vm.failed,
+                skipped: host.counts.skipped + vm.skipped,
+            };
+            println!("{total}");
+            if !host.success || vm.failed > 0 {
+                bail!("tests failed");
             }
             Ok(())
+        }
+        Task::VmTest(args) => {
+            setup::run()?;
+            let counts = vm::test(&args)?;
+            println!("{counts}");
+            if counts.failed > 0 {
+                bail!("{} VM test(s) failed", counts.failed);
+            }
+            Ok(())
+        }
+        Task::VmFixtures(args) => {
+            setup::run()?;
+            vm::fixtures(&args)
         }
     }
 }
 
-/// Test counts summed over runs.
-#[derive(Default)]
-struct Counts {
-    passed: u64,
-    failed: u64,
-    skipped: u64,
+/// What `cargo test` on the host reported.
+struct HostTests {
+    counts: vm::Counts,
+    success: bool,
 }
 
-/// Runs `cargo test` (with the probe mode forced when `mode` is set), passing its
-/// output through and adding its results to `total`, so the run can close with one
-/// line that sums every test binary's result.
-fn test_run(args: &[&str], mode: Option<&str>, total: &mut Counts) -> Result<()> {
+/// Runs `cargo test`, passing its output through, and sums every test binary's result.
+fn test_summary(args: &[&str]) -> Result<HostTests> {
     use std::io::{BufRead as _, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "xtask: {}cargo {}",
-        mode.map(|m| format!("MEMWATCH_TEST_PROBE_MODE={m} "))
-            .unwrap_or_default(),
-        args.join(" ")
-    );
-    let mut cmd = Command::new(&cargo);
-    cmd.args(args)
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new(&cargo)
+        .args(args)
         .current_dir(workspace_root())
         .env("PATH", setup::path_with_tools())
-        .stdout(std::process::Stdio::piped());
-    if let Some(m) = mode {
-        cmd.env("MEMWATCH_TEST_PROBE_MODE", m);
-    }
-    let mut child = cmd.spawn().context("running cargo test")?;
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
     let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
@@ -170,19 +174,17 @@ fn test_run(args: &[&str], mode: Option<&str>, total: &mut Counts) -> Result<()>
         }
     }
     let status = child.wait()?;
-    total.passed += passed;
-    total.failed += failed;
-    total.skipped += skipped;
     if !status.success() {
-        println!(
-            "{} passed, {} failed, {} skipped",
-            total.passed,
-            total.failed.max(1),
-            total.skipped
-        );
-        bail!("cargo test failed ({status})");
+        eprintln!("xtask: cargo test failed ({status})");
     }
-    Ok(())
+    Ok(HostTests {
+        counts: vm::Counts {
+            passed,
+            failed,
+            skipped,
+        },
+        success: status.success(),
+    })
 }
 
 /// The workspace root (xtask lives one level below it).

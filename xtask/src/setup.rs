@@ -19,6 +19,9 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     // The Redis fork-episode test: redis-server, redis-cli, redis-benchmark.
     "redis-server",
+    // `cargo xtask vm-test`: boots Debian kernels under QEMU with a busybox initramfs.
+    "qemu-system-x86",
+    "busybox-static",
 ];
 
 pub fn run() -> Result<()> {
