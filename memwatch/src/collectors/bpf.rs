@@ -473,22 +473,19 @@ impl Bpf {
         let now = Instant::now();
         let mut keep = Vec::with_capacity(rows.len());
         let mut seen = HashSet::with_capacity(rows.len());
-        for mut row in rows {
+        for row in rows {
             seen.insert(row.tgid);
-            match std::fs::read_to_string(format!("/proc/{}/comm", row.tgid)) {
-                Ok(c) => {
-                    // The kernel keeps the comm of the first event, which for a forked
-                    // child that then execs is the parent's; a live process's wins.
-                    row.comm = c.trim_end().to_string();
+            // SAFETY: signal 0 only checks that the process exists.
+            let alive = unsafe { libc::kill(row.tgid as i32, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+            if alive {
+                state.exited_since.remove(&row.tgid);
+            } else {
+                let since = *state.exited_since.entry(row.tgid).or_insert(now);
+                if now.duration_since(since) > EXITED_GRACE && procs.remove(&row.tgid).is_ok() {
+                    state.deleted += 1;
                     state.exited_since.remove(&row.tgid);
-                }
-                Err(_) => {
-                    let since = *state.exited_since.entry(row.tgid).or_insert(now);
-                    if now.duration_since(since) > EXITED_GRACE && procs.remove(&row.tgid).is_ok() {
-                        state.deleted += 1;
-                        state.exited_since.remove(&row.tgid);
-                        continue;
-                    }
+                    continue;
                 }
             }
             keep.push(row);
@@ -500,15 +497,33 @@ impl Bpf {
     fn collect_procs(
         &self,
         out: &mut Vec<MetricFamily>,
-        rows: &[Row],
+        rows: &mut [Row],
         globals: &[u64],
         state: &mut State,
     ) {
         let hierarchy = &self.hierarchy;
         state.cgroups.update(rows, |pid| hierarchy.cgroup_of(pid));
-        for m in &self.metrics {
+        // The top processes of every metric; only their names are looked up.
+        let tops: Vec<Vec<usize>> = self
+            .metrics
+            .iter()
+            .map(|m| {
+                let cols: Vec<usize> =
+                    m.series.iter().flat_map(|s| s.1.iter().copied()).collect();
+                top_n(rows, self.top_n, |r| r.sum(&cols))
+            })
+            .collect();
+        let shown: HashSet<usize> = tops.iter().flatten().copied().collect();
+        for i in shown {
+            // The kernel keeps the comm of the first event, which for a forked child
+            // that then execs is the parent's; a live process's current name wins.
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{}/comm", rows[i].tgid)) {
+                rows[i].comm = c.trim_end().to_string();
+            }
+        }
+        let rows = &*rows;
+        for (m, top) in self.metrics.iter().zip(tops) {
             let cols: Vec<usize> = m.series.iter().flat_map(|s| s.1.iter().copied()).collect();
-            let top = top_n(rows, self.top_n, |r| r.sum(&cols));
             let mut f = Family::counter(
                 format!("memwatch_process_{}", m.name),
                 format!(
@@ -937,9 +952,9 @@ impl Collector for Bpf {
         let mut state = self.state.lock().expect("state lock");
         // Tables first, then the global counters: the globals only grow, so they are
         // never behind the rows read before them.
-        let rows = self.read_rows(&mut state)?;
+        let mut rows = self.read_rows(&mut state)?;
         let globals = Self::sum_all(&self.globals, global::SLOTS)?;
-        self.collect_procs(out, &rows, &globals, &mut state);
+        self.collect_procs(out, &mut rows, &globals, &mut state);
         self.collect_keyed_hists(out, &globals)?;
         self.collect_devices(out, &globals)?;
         self.collect_global(out, &globals)?;
