@@ -46,8 +46,33 @@ log = "stdout"
 [collectors]
 # /proc/meminfo, every field.
 meminfo = true
+# /proc/vmstat, every field (events as counters, current amounts as gauges).
+vmstat = true
+# /proc/zoneinfo: free pages, watermarks, protection and statistics per node and zone.
+zoneinfo = true
+# /proc/pressure/{memory,io} (PSI); absent where the kernel has no PSI.
+pressure = true
+# vm.dirty_*, swappiness, min_free_kbytes, watermark_scale_factor, overcommit_memory
+# and the transparent huge page settings.
+knobs = true
+# smaps_rollup and fault counts of the processes chosen in [processes].
+processes = true
 # The eBPF programs' counters.
 bpf = true
+
+[processes]
+# Processes whose /proc/PID/smaps_rollup and fault counts are exported, labelled pid
+# and comm. A process is watched when its comm (the kernel's 15-character name)
+# matches one of these patterns ("*" matches anything)...
+comm = ["redis-server", "redis-rdb-*", "redis-aof-*"]
+# ...or its pid is listed...
+pids = []
+# ...or it is in one of these cgroups or below them (paths as in /proc/PID/cgroup,
+# e.g. "/system.slice/redis.service").
+cgroups = []
+# At most this many processes (lowest pids first) are exported; the rest are counted
+# in memwatch_watched_processes_over_limit.
+max_processes = 64
 "#;
 
 /// The whole configuration.
@@ -61,6 +86,7 @@ pub struct Config {
     pub tables: Tables,
     pub episodes: Episodes,
     pub collectors: Collectors,
+    pub processes: Processes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +222,11 @@ impl Default for Episodes {
 #[serde(deny_unknown_fields, default)]
 pub struct Collectors {
     pub meminfo: bool,
+    pub vmstat: bool,
+    pub zoneinfo: bool,
+    pub pressure: bool,
+    pub knobs: bool,
+    pub processes: bool,
     pub bpf: bool,
 }
 
@@ -203,10 +234,45 @@ impl Default for Collectors {
     fn default() -> Self {
         Self {
             meminfo: true,
+            vmstat: true,
+            zoneinfo: true,
+            pressure: true,
+            knobs: true,
+            processes: true,
             bpf: true,
         }
     }
 }
+
+/// Which processes the `processes` collector watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Processes {
+    /// comm patterns; `*` matches any run of characters.
+    pub comm: Vec<String>,
+    pub pids: Vec<u32>,
+    /// cgroup paths as /proc/PID/cgroup prints them.
+    pub cgroups: Vec<String>,
+    pub max_processes: usize,
+}
+
+impl Default for Processes {
+    fn default() -> Self {
+        Self {
+            comm: vec![
+                "redis-server".into(),
+                "redis-rdb-*".into(),
+                "redis-aof-*".into(),
+            ],
+            pids: Vec::new(),
+            cgroups: Vec::new(),
+            max_processes: 64,
+        }
+    }
+}
+
+/// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN - 1).
+const COMM_MAX: usize = 15;
 
 /// A configuration that can't be used, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +331,29 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "tables.process_max_entries must be at least 1".into(),
             ));
+        }
+        if self.processes.max_processes == 0 {
+            return Err(ConfigError::Invalid(
+                "processes.max_processes must be at least 1 (turn the collector off with \
+                 collectors.processes = false)"
+                    .into(),
+            ));
+        }
+        for p in &self.processes.comm {
+            if p.is_empty() || p.replace('*', "").len() > COMM_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "processes.comm pattern {p:?} can never match: a comm is 1 to {COMM_MAX} \
+                     bytes (the kernel truncates longer names), e.g. \"redis-rdb-bgsav\""
+                )));
+            }
+        }
+        for c in &self.processes.cgroups {
+            if !c.starts_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "processes.cgroups entry {c:?} must be a path starting with '/', as in \
+                     /proc/PID/cgroup"
+                )));
+            }
         }
         Ok(())
     }
@@ -336,6 +425,15 @@ mod tests {
         assert!(err.to_string().contains("process_max_entries"), "{err}");
         let err = Config::from_toml("[tables]\nprocess_top_n = -1\n", "x").unwrap_err();
         assert!(err.to_string().contains("process_top_n"), "{err}");
+        let err = Config::from_toml("[processes]\nmax_processes = 0\n", "x").unwrap_err();
+        assert!(err.to_string().contains("max_processes"), "{err}");
+        let err = Config::from_toml("[processes]\ncomm = [\"redis-server-sentinel\"]\n", "x")
+            .unwrap_err();
+        assert!(err.to_string().contains("can never match"), "{err}");
+        let err = Config::from_toml("[processes]\ncgroups = [\"redis\"]\n", "x").unwrap_err();
+        assert!(err.to_string().contains("cgroups"), "{err}");
+        let err = Config::from_toml("[collectors]\nvmstats = true\n", "x").unwrap_err();
+        assert!(err.to_string().contains("vmstats"), "{err}");
     }
 
     #[test]

@@ -235,9 +235,7 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
 
         let mut registry = Registry::default();
         registry.register(Box::new(collectors::build_info::BuildInfo::new()));
-        if cfg.collectors.meminfo {
-            registry.register(Box::new(collectors::meminfo::Meminfo::new("/proc")));
-        }
+        collectors::register_proc(&mut registry, &cfg, "/proc", "/sys");
         let running = if cfg.collectors.bpf {
             start_probes(&cfg, &mut registry).await?
         } else {

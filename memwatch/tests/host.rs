@@ -22,16 +22,28 @@ fn meminfo_matches_proc() {
         "too few meminfo fields: {}",
         before.len()
     );
+    let helps = m.helps();
     for (field, b) in &before {
         let a = after[field];
-        let unit = if field.starts_with("HugePages_") {
-            ""
-        } else {
-            "_bytes"
-        };
-        let name = format!(
-            "memwatch_meminfo_{}{unit}",
-            field.replace('(', "_").replace(')', "")
+        // The family that names this field in its help ("/proc/meminfo field X, in
+        // bytes." or "/proc/meminfo field X." for the HugePages_* counts).
+        let name = helps
+            .iter()
+            .find(|(_, h)| {
+                h.strip_prefix("/proc/meminfo field ")
+                    .and_then(|r| r.strip_prefix(field.as_str()))
+                    .is_some_and(|r| r.starts_with(',') || r.starts_with('.'))
+            })
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| panic!("no family for meminfo field {field}"));
+        assert!(
+            name.starts_with("memwatch_meminfo_")
+                && name.ends_with(if field.starts_with("HugePages_") {
+                    "_pages"
+                } else {
+                    "_bytes"
+                }),
+            "{field} -> {name}"
         );
         let v = m
             .get(&name, &[])

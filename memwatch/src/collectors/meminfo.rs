@@ -1,63 +1,71 @@
-//! /proc/meminfo: every field, in bytes (`HugePages_*` are page counts).
+//! /proc/meminfo: every field, in bytes (`HugePages_*` are counts of huge pages).
 //!
-//! Names follow node_exporter's habit so dashboards carry over:
-//! `Active(anon)` becomes `memwatch_meminfo_Active_anon_bytes`.
+//! Field names become snake_case (`promtool check metrics` rejects camelCase):
+//! `MemTotal` → `memwatch_meminfo_mem_total_bytes`, `Active(anon)` →
+//! `memwatch_meminfo_active_anon_bytes`, `HugePages_Free` →
+//! `memwatch_meminfo_huge_pages_free_pages`. The HELP text keeps the kernel's spelling.
 
 use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use anyhow::Context as _;
 use prometheus::proto::MetricFamily;
 
-use super::Collector;
+use super::{procfs, Collector, ParseErrors};
 use crate::metrics::Family;
 
 /// One parsed line of /proc/meminfo.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub struct Entry<'a> {
     /// The field as the kernel spells it, e.g. `Active(anon)`.
-    pub field: String,
+    pub field: &'a str,
     /// The value in bytes, or a plain count when `unit` is `None`.
     pub value: u64,
     /// `Some("kB")` for sizes; `None` for counts such as `HugePages_Total`.
-    pub unit: Option<String>,
+    pub unit: Option<&'a str>,
 }
 
-impl Entry {
+#[cfg(test)]
+impl Entry<'_> {
     /// The exported metric name.
     pub fn metric_name(&self) -> String {
-        let mut name = String::from("memwatch_meminfo_");
-        for c in self.field.chars() {
-            match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => name.push(c),
-                ')' => {}
-                _ => name.push('_'),
-            }
-        }
-        if self.unit.is_some() {
-            name.push_str("_bytes");
-        }
-        name
+        metric_name(self.field, self.unit.is_some())
     }
 }
 
-/// Parses /proc/meminfo. Malformed lines are skipped and returned as errors beside the
-/// entries, so one bad line never costs the rest.
-pub fn parse(text: &str) -> (Vec<Entry>, Vec<String>) {
+/// `memwatch_meminfo_<field in snake_case>` plus `_bytes` for sizes, `_pages` for the
+/// unitless `HugePages_*` counts.
+pub fn metric_name(field: &str, bytes: bool) -> String {
+    let mut name = String::from("memwatch_meminfo_");
+    procfs::push_snake(&mut name, field);
+    if bytes {
+        name.push_str("_bytes");
+    } else if field.starts_with("HugePages_") {
+        name.push_str("_pages");
+    }
+    procfs::lint_fix(&mut name, false);
+    name
+}
+
+/// Parses /proc/meminfo. Malformed lines are skipped and returned beside the entries,
+/// so one bad line never costs the rest.
+pub fn parse(text: &str) -> (Vec<Entry<'_>>, Vec<&str>) {
     let mut entries = Vec::with_capacity(64);
     let mut errors = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match parse_line(line) {
+            Some(e) if entries.iter().any(|x: &Entry| x.field == e.field) => errors.push(line),
             Some(e) => entries.push(e),
-            None => errors.push(line.to_string()),
+            None => errors.push(line),
         }
     }
     (entries, errors)
 }
 
-fn parse_line(line: &str) -> Option<Entry> {
+fn parse_line(line: &str) -> Option<Entry<'_>> {
     let (field, rest) = line.split_once(':')?;
     let field = field.trim();
     if field.is_empty() {
@@ -67,30 +75,36 @@ fn parse_line(line: &str) -> Option<Entry> {
     let number: u64 = words.next()?.parse().ok()?;
     let (value, unit) = match words.next() {
         None => (number, None),
-        Some("kB") => (number.checked_mul(1024)?, Some("kB".to_string())),
+        Some("kB") => (number.checked_mul(1024)?, Some("kB")),
         Some(_) => return None,
     };
     if words.next().is_some() {
         return None;
     }
-    Some(Entry {
-        field: field.to_string(),
-        value,
-        unit,
-    })
+    Some(Entry { field, value, unit })
 }
 
 /// The meminfo collector.
 pub struct Meminfo {
     path: PathBuf,
-    parse_errors: AtomicU64,
+    errors: ParseErrors,
+    /// The file buffer and, per field, its name and help, kept between scrapes.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// field -> (in bytes?, name, help)
+    names: HashMap<String, (bool, String, String)>,
 }
 
 impl Meminfo {
-    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+    pub fn new(proc_root: impl AsRef<Path>, errors: ParseErrors) -> Self {
         Self {
-            path: proc_root.into().join("meminfo"),
-            parse_errors: AtomicU64::new(0),
+            path: proc_root.as_ref().join("meminfo"),
+            errors,
+            state: Mutex::default(),
         }
     }
 }
@@ -101,31 +115,34 @@ impl Collector for Meminfo {
     }
 
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(&self.path)
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { buf, names } = &mut *state;
+        procfs::read_into(&self.path, buf)
             .with_context(|| format!("reading {}", self.path.display()))?;
+        let text = String::from_utf8_lossy(buf);
         let (entries, errors) = parse(&text);
         for bad in &errors {
             log::debug!("{}: skipping malformed line {bad:?}", self.path.display());
         }
-        let total = self
-            .parse_errors
-            .fetch_add(errors.len() as u64, Ordering::Relaxed)
-            + errors.len() as u64;
+        self.errors.add(errors.len() as u64);
         for e in entries {
-            let help = match e.unit {
-                Some(_) => format!("/proc/meminfo field {}, in bytes.", e.field),
-                None => format!("/proc/meminfo field {}.", e.field),
-            };
-            let mut f = Family::gauge(e.metric_name(), help);
+            let bytes = e.unit.is_some();
+            if names.get(e.field).is_none_or(|n| n.0 != bytes) {
+                let help = if bytes {
+                    format!("/proc/meminfo field {}, in bytes.", e.field)
+                } else {
+                    format!("/proc/meminfo field {}.", e.field)
+                };
+                names.insert(
+                    e.field.to_string(),
+                    (bytes, metric_name(e.field, bytes), help),
+                );
+            }
+            let (_, name, help) = &names[e.field];
+            let mut f = Family::gauge(name.as_str(), help.as_str());
             f.sample(&[], e.value as f64);
             f.push_to(out);
         }
-        let mut f = Family::counter(
-            "memwatch_parse_errors_total",
-            "Lines of a kernel file that could not be parsed and were skipped.",
-        );
-        f.sample(&[("source", "meminfo")], total as f64);
-        f.push_to(out);
         Ok(())
     }
 }
@@ -133,31 +150,13 @@ impl Collector for Meminfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    fn fixtures() -> Vec<(String, String)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meminfo");
-        let mut v: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-            .map(|p| {
-                (
-                    p.display().to_string(),
-                    std::fs::read_to_string(&p).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        assert!(!v.is_empty());
-        v
-    }
+    use crate::collectors::testutil;
 
     /// Every fixture parses completely and matches its golden file
     /// (`UPDATE_GOLDEN=1` rewrites them; review the diff).
     #[test]
     fn fixtures_match_golden() {
-        for (path, text) in fixtures() {
+        for (path, text) in testutil::fixtures("meminfo") {
             let (entries, errors) = parse(&text);
             assert!(errors.is_empty(), "{path}: {errors:?}");
             assert_eq!(entries.len(), text.lines().count(), "{path}");
@@ -165,50 +164,82 @@ mod tests {
                 .iter()
                 .map(|e| format!("{} {}\n", e.metric_name(), e.value))
                 .collect();
-            let golden = path.replace(".txt", ".golden");
-            if std::env::var_os("UPDATE_GOLDEN").is_some() {
-                std::fs::write(&golden, &rendered).unwrap();
-            }
-            let want = std::fs::read_to_string(&golden).unwrap_or_default();
-            assert_eq!(rendered, want, "{path} differs from {golden}");
+            testutil::check_golden(&path, &rendered);
         }
     }
 
     #[test]
     fn host_fixture_values() {
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/meminfo/linux-6.18-host.txt"),
-        )
-        .unwrap();
+        let text = testutil::fixture("meminfo/linux-6.18-host.txt");
         let (entries, _) = parse(&text);
         let get = |name: &str| entries.iter().find(|e| e.metric_name() == name).unwrap();
         assert_eq!(
-            get("memwatch_meminfo_MemTotal_bytes").value,
+            get("memwatch_meminfo_mem_total_bytes").value,
             24684096 * 1024
         );
-        assert_eq!(get("memwatch_meminfo_Active_anon_bytes").value, 1484 * 1024);
+        assert_eq!(get("memwatch_meminfo_active_anon_bytes").value, 1484 * 1024);
         assert_eq!(
-            get("memwatch_meminfo_Inactive_file_bytes").value,
+            get("memwatch_meminfo_inactive_file_bytes").value,
             422640 * 1024
         );
-        assert_eq!(get("memwatch_meminfo_HugePages_Total").value, 0);
-        assert_eq!(get("memwatch_meminfo_HugePages_Total").unit, None);
+        assert_eq!(get("memwatch_meminfo_huge_pages_total_pages").value, 0);
+        assert_eq!(get("memwatch_meminfo_huge_pages_total_pages").unit, None);
         assert_eq!(
-            get("memwatch_meminfo_VmallocTotal_bytes").value,
+            get("memwatch_meminfo_vmalloc_total_bytes").value,
             34359738367 * 1024
         );
-        assert_eq!(get("memwatch_meminfo_Hugepagesize_bytes").value, 2 << 20);
+        assert_eq!(get("memwatch_meminfo_hugepagesize_bytes").value, 2 << 20);
+        assert_eq!(get("memwatch_meminfo_sunreclaim_bytes").field, "SUnreclaim");
+        assert_eq!(
+            get("memwatch_meminfo_direct_map_2m_bytes").field,
+            "DirectMap2M"
+        );
     }
 
     #[test]
     fn malformed_lines_are_skipped_not_fatal() {
         let (entries, errors) = parse(
-            "MemTotal: 10 kB\ngarbage\nMemFree: x kB\nCached: 5 MB\n: 3\nHugePages_Free: 7\nBuffers: 1 kB extra\nBig: 18446744073709551615 kB\n",
+            "MemTotal: 10 kB\ngarbage\nMemFree: x kB\nCached: 5 MB\n: 3\nHugePages_Free: 7\nBuffers: 1 kB extra\nBig: 18446744073709551615 kB\nMemTotal: 11 kB\n",
         );
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].value, 10240);
         assert_eq!(entries[1].value, 7);
-        assert_eq!(errors.len(), 6);
+        assert_eq!(errors.len(), 7);
+    }
+
+    /// The collector counts skipped lines in the shared parse-error counter and still
+    /// exports the good ones.
+    #[test]
+    fn collector_counts_errors() {
+        let dir = testutil::TempDir::new("meminfo");
+        dir.write("meminfo", "MemTotal: 10 kB\nbad line\nHugePages_Free: 2\n");
+        let errors = ParseErrors::default();
+        let c = Meminfo::new(dir.path(), errors.clone());
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        c.collect(&mut Vec::new()).unwrap();
+        assert_eq!(errors.get(), 2);
+        let names: Vec<_> = out.iter().map(|f| f.name().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "memwatch_meminfo_mem_total_bytes",
+                "memwatch_meminfo_huge_pages_free_pages"
+            ]
+        );
+        assert_eq!(out[0].get_metric()[0].get_gauge().get_value(), 10240.0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in testutil::procish_text()) {
+            let (entries, errors) = parse(&text);
+            let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+            proptest::prop_assert_eq!(entries.len() + errors.len(), lines);
+            for e in entries {
+                let name = metric_name(e.field, e.unit.is_some());
+                proptest::prop_assert!(testutil::valid_metric_name(&name), "{}", name);
+            }
+        }
     }
 }

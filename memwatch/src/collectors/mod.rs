@@ -6,10 +6,22 @@ pub mod attribution;
 pub mod bpf;
 pub mod build_info;
 pub mod episodes;
+pub mod knobs;
 pub mod meminfo;
+pub mod pressure;
 pub mod probes;
+pub mod processes;
+pub mod procfs;
+pub mod vmstat;
+pub mod zoneinfo;
 
-use std::time::Instant;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
 use prometheus::proto::MetricFamily;
 
@@ -23,15 +35,87 @@ pub trait Collector: Send + Sync {
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()>;
 }
 
+/// Registers the collectors of the kernel's own accounting (/proc and /sys) that the
+/// config enables, reading under `proc_root` and `sys_root` (tests point them at
+/// fixtures).
+pub fn register_proc(
+    registry: &mut Registry,
+    cfg: &crate::config::Config,
+    proc_root: &str,
+    sys_root: &str,
+) {
+    let c = &cfg.collectors;
+    if c.meminfo {
+        let e = registry.parse_errors("meminfo");
+        registry.register(Box::new(meminfo::Meminfo::new(proc_root, e)));
+    }
+    if c.vmstat {
+        let e = registry.parse_errors("vmstat");
+        registry.register(Box::new(vmstat::Vmstat::new(proc_root, e)));
+    }
+    if c.zoneinfo {
+        let e = registry.parse_errors("zoneinfo");
+        registry.register(Box::new(zoneinfo::Zoneinfo::new(proc_root, e)));
+    }
+    if c.pressure {
+        let e = registry.parse_errors("pressure");
+        registry.register(Box::new(pressure::Pressure::new(proc_root, e)));
+    }
+    if c.knobs {
+        let e = registry.parse_errors("knobs");
+        registry.register(Box::new(knobs::Knobs::new(proc_root, sys_root, e)));
+    }
+    if c.processes {
+        let smaps = registry.parse_errors("smaps_rollup");
+        let stat = registry.parse_errors("pid_stat");
+        registry.register(Box::new(processes::Processes::new(
+            proc_root,
+            cfg.processes.clone(),
+            smaps,
+            stat,
+        )));
+    }
+}
+
+/// Counts the malformed lines of one source that a parser skipped; every source's count
+/// is exported once per scrape in `memwatch_parse_errors_total{source}` by the registry.
+#[derive(Clone, Default)]
+pub struct ParseErrors(Arc<AtomicU64>);
+
+impl ParseErrors {
+    /// Adds `n` skipped lines.
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Every enabled collector.
 #[derive(Default)]
 pub struct Registry {
     collectors: Vec<Box<dyn Collector>>,
+    parse_errors: Vec<(&'static str, ParseErrors)>,
 }
 
 impl Registry {
     pub fn register(&mut self, c: Box<dyn Collector>) {
         self.collectors.push(c);
+    }
+
+    /// The parse-error counter of `source` (e.g. `vmstat`), shared by every collector
+    /// that reads that kind of file. A source shows up, at 0, from the first scrape.
+    pub fn parse_errors(&mut self, source: &'static str) -> ParseErrors {
+        if let Some((_, c)) = self.parse_errors.iter().find(|(s, _)| *s == source) {
+            return c.clone();
+        }
+        let c = ParseErrors::default();
+        self.parse_errors.push((source, c.clone()));
+        c
     }
 
     /// Runs every collector; one that fails is logged and reported, the rest go on.
@@ -59,7 +143,380 @@ impl Registry {
         }
         duration.push_to(&mut out);
         success.push_to(&mut out);
+        let mut errors = Family::counter(
+            "memwatch_parse_errors_total",
+            "Lines of a kernel file that could not be parsed and were skipped.",
+        );
+        for (source, c) in &self.parse_errors {
+            errors.sample(&[("source", source)], c.get() as f64);
+        }
+        errors.push_to(&mut out);
         out.sort_by(|a, b| a.name().cmp(b.name()));
+        // A name twice would make the whole exposition invalid: keep the first.
+        out.dedup_by(|b, a| {
+            let dup = a.name() == b.name();
+            if dup {
+                log::warn!("dropping a second metric family named {}", b.name());
+            }
+            dup
+        });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(&'static str, Vec<(&'static str, f64)>, ParseErrors, u64);
+
+    impl Collector for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+            self.2.add(self.3);
+            for (name, v) in &self.1 {
+                let mut f = Family::gauge(*name, "test");
+                f.sample(&[], *v);
+                f.push_to(out);
+            }
+            if self.0 == "failing" {
+                anyhow::bail!("broken on purpose");
+            }
+            Ok(())
+        }
+    }
+
+    /// Parse errors of every source come out as one family; two collectors that share a
+    /// source share its count; a family name produced twice is kept once; a failing
+    /// collector is reported and the others still are.
+    #[test]
+    fn gather_merges_parse_errors_and_dedups() {
+        let mut r = Registry::default();
+        let a = r.parse_errors("vmstat");
+        let b = r.parse_errors("zoneinfo");
+        let a2 = r.parse_errors("vmstat");
+        r.register(Box::new(Fixed("one", vec![("memwatch_x", 1.0)], a, 2)));
+        r.register(Box::new(Fixed("two", vec![("memwatch_x", 2.0)], a2, 3)));
+        r.register(Box::new(Fixed("failing", vec![("memwatch_y", 3.0)], b, 0)));
+        let fams = r.gather();
+        testutil::check_families(&fams).unwrap();
+        let text = crate::metrics::encode_text(&fams);
+        assert_eq!(
+            text.matches("# TYPE memwatch_parse_errors_total").count(),
+            1
+        );
+        assert!(
+            text.contains("memwatch_parse_errors_total{source=\"vmstat\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memwatch_parse_errors_total{source=\"zoneinfo\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memwatch_x 1\n") && !text.contains("memwatch_x 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("memwatch_scrape_collector_success{collector=\"failing\"} 0\n"));
+        assert!(text.contains("memwatch_scrape_collector_success{collector=\"two\"} 1\n"));
+    }
+}
+
+/// Fixtures, golden files and fuzz inputs for the collectors' unit tests.
+#[cfg(test)]
+pub mod testutil {
+    use std::{
+        collections::HashSet,
+        path::{Path, PathBuf},
+    };
+
+    use prometheus::proto::MetricFamily;
+    use proptest::prelude::*;
+
+    pub fn fixture_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    /// One fixture's text, by path under tests/fixtures.
+    pub fn fixture(rel: &str) -> String {
+        std::fs::read_to_string(fixture_dir().join(rel)).unwrap()
+    }
+
+    /// Every `*.txt` fixture of a kind (a folder under tests/fixtures), sorted by path.
+    pub fn fixtures(kind: &str) -> Vec<(String, String)> {
+        let dir = fixture_dir().join(kind);
+        let mut v: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                (p.display().to_string(), text)
+            })
+            .collect();
+        v.sort();
+        assert!(!v.is_empty(), "no fixtures in {}", dir.display());
+        v
+    }
+
+    /// Compares `rendered` with the fixture's `.golden` file; `UPDATE_GOLDEN=1`
+    /// rewrites it instead (review the diff).
+    pub fn check_golden(fixture_path: &str, rendered: &str) {
+        let golden = fixture_path.replace(".txt", ".golden");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, rendered).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert_eq!(
+            rendered, want,
+            "{fixture_path} differs from {golden} (UPDATE_GOLDEN=1 rewrites it)"
+        );
+    }
+
+    /// A valid Prometheus metric name.
+    pub fn valid_metric_name(name: &str) -> bool {
+        let b = name.as_bytes();
+        !b.is_empty()
+            && (b[0].is_ascii_alphabetic() || b[0] == b'_' || b[0] == b':')
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+    }
+
+    /// What makes an exposition valid: each family name once, valid names, each label
+    /// set once within a family, counters named `_total` and gauges not.
+    pub fn check_families(fams: &[MetricFamily]) -> Result<(), String> {
+        let mut names = HashSet::new();
+        for f in fams {
+            let name = f.name();
+            if !valid_metric_name(name) {
+                return Err(format!("invalid name {name:?}"));
+            }
+            if !names.insert(name.to_string()) {
+                return Err(format!("family {name} twice"));
+            }
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            if counter != name.ends_with("_total") {
+                return Err(format!("{name}: type and _total suffix disagree"));
+            }
+            // What `promtool check metrics` lints.
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(format!("{name}: not snake_case"));
+            }
+            if name
+                .split('_')
+                .any(|w| super::procfs::UNIT_ABBREVIATIONS.contains(&w))
+            {
+                return Err(format!("{name}: abbreviated unit"));
+            }
+            if !counter
+                && super::procfs::RESERVED_SUFFIXES
+                    .iter()
+                    .any(|s| name.ends_with(s))
+            {
+                return Err(format!("{name}: reserved suffix on a gauge"));
+            }
+            if f.help().is_empty() {
+                return Err(format!("{name}: no help"));
+            }
+            let mut sets = HashSet::new();
+            for m in f.get_metric() {
+                let labels: Vec<(String, String)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                if labels
+                    .iter()
+                    .any(|(n, _)| !valid_metric_name(n) || n.contains(':'))
+                {
+                    return Err(format!("{name}: bad label name in {labels:?}"));
+                }
+                if !sets.insert(labels.clone()) {
+                    return Err(format!("{name}: series {labels:?} twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A temporary directory standing in for /proc or /sys, removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(name: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "memwatch-unit-{}-{name}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// Writes `rel` (creating its folders).
+        pub fn write(&self, rel: &str, text: &str) {
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Every fixture of every kind: the seed corpus for mutations.
+    fn corpus() -> Vec<String> {
+        let mut v = Vec::new();
+        for kind in std::fs::read_dir(fixture_dir()).unwrap().flatten() {
+            if !kind.path().is_dir() || kind.file_name() == "tracefs" {
+                continue;
+            }
+            for f in std::fs::read_dir(kind.path()).unwrap().flatten() {
+                if f.path().extension().is_some_and(|e| e == "txt") {
+                    v.push(std::fs::read_to_string(f.path()).unwrap());
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// One edit of a text: (where, what, inserted text).
+    fn mutate(mut s: String, edits: &[(usize, u8, String)]) -> String {
+        for (pos, kind, ins) in edits {
+            if s.is_empty() {
+                s.push_str(ins);
+                continue;
+            }
+            let mut at = pos % (s.len() + 1);
+            while !s.is_char_boundary(at) {
+                at -= 1;
+            }
+            match kind {
+                // Insert.
+                0 => s.insert_str(at, ins),
+                // Delete up to 40 bytes.
+                1 => {
+                    let mut end = (at + ins.len() * 3 + 1).min(s.len());
+                    while !s.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    s.replace_range(at..end, "");
+                }
+                // Repeat the line around `at`.
+                2 => {
+                    let start = s[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let end = s[at..].find('\n').map_or(s.len(), |i| at + i);
+                    let line = format!("{}\n", &s[start..end]);
+                    s.insert_str(start, &line);
+                }
+                // Truncate.
+                3 => s.truncate(at),
+                // Overwrite.
+                _ => {
+                    let mut end = (at + ins.len()).min(s.len());
+                    while !s.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    s.replace_range(at..end, ins);
+                }
+            }
+        }
+        s
+    }
+
+    /// Words that mean something to one of the parsers.
+    const VOCAB: &[&str] = &[
+        "Node",
+        "0,",
+        "1,",
+        "zone",
+        "DMA",
+        "Normal",
+        "pages",
+        "free",
+        "min",
+        "high",
+        "protection:",
+        "(0,",
+        "5)",
+        "(",
+        ")",
+        "per-node",
+        "stats",
+        "pagesets",
+        "cpu:",
+        "count:",
+        "start_pfn:",
+        "nr_free_pages",
+        "numa_hit",
+        "pgfault",
+        "nr_dirty",
+        "MemTotal:",
+        "HugePages_Total:",
+        "kB",
+        "MB",
+        "some",
+        "full",
+        "avg10=1.50",
+        "avg60=x",
+        "avg300=0.00",
+        "total=12",
+        "total=-1",
+        "[madvise]",
+        "always",
+        "never",
+        "[rollup]",
+        "Rss:",
+        "0",
+        "1",
+        "-1",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1e9",
+        "NaN",
+        "inf",
+        ":",
+        "=",
+        ",",
+        "\t",
+        "é",
+    ];
+
+    /// Inputs for the parsers' fuzz tests: arbitrary text, lines made of words the
+    /// parsers know, and real fixtures with random edits.
+    pub fn procish_text() -> impl Strategy<Value = String> {
+        let corpus = corpus();
+        let n = corpus.len();
+        let word = proptest::sample::select(VOCAB);
+        let line = (
+            "[ ]{0,8}",
+            proptest::collection::vec((word, "[ \t]{1,3}"), 0..7),
+        )
+            .prop_map(|(indent, words)| {
+                let mut l = indent;
+                for (w, sep) in words {
+                    l.push_str(w);
+                    l.push_str(&sep);
+                }
+                l
+            });
+        let edits = proptest::collection::vec((any::<usize>(), 0u8..5, "[ -~\n]{0,14}"), 0..6);
+        prop_oneof![
+            ".{0,400}",
+            proptest::collection::vec(line, 0..40).prop_map(|v| v.join("\n")),
+            (0..n, edits).prop_map(move |(i, e)| mutate(corpus[i].clone(), &e)),
+        ]
     }
 }

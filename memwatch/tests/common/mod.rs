@@ -212,6 +212,25 @@ impl Metrics {
             .map(|s| s.2)
     }
 
+    /// The HELP text of each family, by name.
+    pub fn helps(&self) -> BTreeMap<String, String> {
+        self.text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect()
+    }
+
+    /// The family whose HELP text starts with `prefix`, e.g. the one that says
+    /// "/proc/meminfo field MemTotal,": memwatch names each kernel field in its help.
+    pub fn name_by_help(&self, prefix: &str) -> Option<String> {
+        self.helps()
+            .into_iter()
+            .find(|(_, h)| h.starts_with(prefix))
+            .map(|(n, _)| n)
+    }
+
     /// All samples of a family.
     pub fn family(&self, name: &str) -> Vec<&(String, BTreeMap<String, String>, f64)> {
         self.samples.iter().filter(|s| s.0 == name).collect()

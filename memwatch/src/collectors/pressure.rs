@@ -1,0 +1,277 @@
+//! Pressure stall information (PSI) for memory and io: /proc/pressure/{memory,io}.
+//!
+//! `memwatch_pressure_stall_seconds_total{resource,kind}` is the kernel's `total=`
+//! (microseconds, exported in seconds) and `memwatch_pressure_stall_ratio{resource,kind,
+//! window}` its `avg10/avg60/avg300` (percent, exported as a 0-1 ratio). `kind` is
+//! `some` (at least one task stalled) or `full` (all non-idle tasks stalled).
+//!
+//! Where the kernel has no PSI (not built in, or booted with `psi=0`, where the files
+//! exist but reads fail with EOPNOTSUPP) the metrics are absent and a debug line says
+//! why; that is not a collector failure.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::Context as _;
+use prometheus::proto::MetricFamily;
+
+use super::{procfs, Collector, ParseErrors};
+use crate::metrics::Family;
+
+/// The resources read, as the file names under /proc/pressure.
+pub const RESOURCES: &[&str] = &["memory", "io"];
+
+/// One line of a PSI file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Line<'a> {
+    /// `some` or `full`.
+    pub kind: &'a str,
+    /// Percent of wall time stalled over the last 10, 60 and 300 seconds.
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    /// Total stall time, microseconds.
+    pub total_us: u64,
+}
+
+/// Parses a PSI file; returns the lines and the malformed ones.
+pub fn parse(text: &str) -> (Vec<Line<'_>>, Vec<&str>) {
+    let mut lines: Vec<Line> = Vec::with_capacity(2);
+    let mut errors = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        match parse_line(l) {
+            Some(p) if !lines.iter().any(|x| x.kind == p.kind) => lines.push(p),
+            _ => errors.push(l),
+        }
+    }
+    (lines, errors)
+}
+
+fn parse_line(line: &str) -> Option<Line<'_>> {
+    let mut words = line.split_ascii_whitespace();
+    let kind = words.next()?;
+    if kind != "some" && kind != "full" {
+        return None;
+    }
+    let (mut avg10, mut avg60, mut avg300, mut total) = (None, None, None, None);
+    for w in words {
+        let (k, v) = w.split_once('=')?;
+        let slot = match k {
+            "avg10" => &mut avg10,
+            "avg60" => &mut avg60,
+            "avg300" => &mut avg300,
+            "total" => {
+                if total.replace(v.parse::<u64>().ok()?).is_some() {
+                    return None;
+                }
+                continue;
+            }
+            // A key a future kernel adds is ignored, not an error.
+            _ => continue,
+        };
+        let v: f64 = v.parse().ok()?;
+        if !v.is_finite() || slot.replace(v).is_some() {
+            return None;
+        }
+    }
+    Some(Line {
+        kind,
+        avg10: avg10?,
+        avg60: avg60?,
+        avg300: avg300?,
+        total_us: total?,
+    })
+}
+
+/// The pressure collector.
+pub struct Pressure {
+    dir: PathBuf,
+    errors: ParseErrors,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// Whether "no PSI here" was already logged (once per run, not per scrape).
+    absent_logged: bool,
+}
+
+impl Pressure {
+    pub fn new(proc_root: impl AsRef<Path>, errors: ParseErrors) -> Self {
+        Self {
+            dir: proc_root.as_ref().join("pressure"),
+            errors,
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl Collector for Pressure {
+    fn name(&self) -> &'static str {
+        "pressure"
+    }
+
+    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = Family::counter(
+            "memwatch_pressure_stall_seconds_total",
+            "Time tasks were stalled on a resource (PSI total): kind=some, at least one \
+             task; kind=full, all non-idle tasks.",
+        );
+        let mut ratio = Family::gauge(
+            "memwatch_pressure_stall_ratio",
+            "Share of wall time tasks were stalled on a resource (PSI avg10/avg60/avg300 \
+             divided by 100), over the window.",
+        );
+        for resource in RESOURCES {
+            let path = self.dir.join(resource);
+            if let Err(e) = procfs::read_into(&path, &mut state.buf) {
+                if procfs::is_absent(&e) {
+                    if !state.absent_logged {
+                        log::debug!(
+                            "{}: {e}: no pressure stall information on this kernel \
+                             (CONFIG_PSI off or booted with psi=0); its metrics are absent",
+                            path.display()
+                        );
+                        state.absent_logged = true;
+                    }
+                    continue;
+                }
+                return Err(e).with_context(|| format!("reading {}", path.display()));
+            }
+            let text = String::from_utf8_lossy(&state.buf);
+            let (lines, errors) = parse(&text);
+            for bad in &errors {
+                log::debug!("{}: skipping malformed line {bad:?}", path.display());
+            }
+            self.errors.add(errors.len() as u64);
+            for l in lines {
+                total.sample(
+                    &[("resource", resource), ("kind", l.kind)],
+                    l.total_us as f64 / 1e6,
+                );
+                for (window, v) in [("10s", l.avg10), ("60s", l.avg60), ("300s", l.avg300)] {
+                    ratio.sample(
+                        &[("resource", resource), ("kind", l.kind), ("window", window)],
+                        v / 100.0,
+                    );
+                }
+            }
+        }
+        total.push_to(out);
+        ratio.push_to(out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{collectors::testutil, metrics::encode_text};
+
+    #[test]
+    fn fixtures_match_golden() {
+        for (path, text) in testutil::fixtures("pressure") {
+            let (lines, errors) = parse(&text);
+            assert!(errors.is_empty(), "{path}: {errors:?}");
+            assert_eq!(lines.len(), 2, "{path}");
+            let rendered: String = lines
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} avg10={} avg60={} avg300={} total_us={}\n",
+                        l.kind, l.avg10, l.avg60, l.avg300, l.total_us
+                    )
+                })
+                .collect();
+            testutil::check_golden(&path, &rendered);
+        }
+    }
+
+    #[test]
+    fn parses_values() {
+        let (lines, errors) = parse(
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=2500000\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=7 future=1\n",
+        );
+        assert!(errors.is_empty());
+        assert_eq!(
+            lines[0],
+            Line {
+                kind: "some",
+                avg10: 1.5,
+                avg60: 0.25,
+                avg300: 0.0,
+                total_us: 2_500_000
+            }
+        );
+        assert_eq!(lines[1].total_us, 7);
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped() {
+        let (lines, errors) = parse(
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=2500000\n\
+             some avg10=1.50 avg60=0.25 avg300=0.00 total=1\n\
+             full avg10=x avg60=0.00 avg300=0.00 total=7\n\
+             full avg10=1 avg60=0.00 total=7\n\
+             full avg10=1 avg10=1 avg60=0.00 avg300=0.00 total=7\n\
+             full avg10=NaN avg60=0.00 avg300=0.00 total=7\n\
+             half avg10=1 avg60=0.00 avg300=0.00 total=7\n\
+             full avg10=1 avg60 avg300=0.00 total=7\n",
+        );
+        assert_eq!(lines.len(), 1);
+        assert_eq!(errors.len(), 7);
+    }
+
+    /// Both files, in seconds and ratios; a kernel without PSI gives no samples and no
+    /// failure; a broken line is counted.
+    #[test]
+    fn collector_present_absent_and_malformed() {
+        let dir = testutil::TempDir::new("pressure");
+        dir.write(
+            "pressure/memory",
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=2500000\n\
+             full avg10=0.50 avg60=0.00 avg300=0.00 total=1000000\n",
+        );
+        dir.write(
+            "pressure/io",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=3\nbroken\n",
+        );
+        let errors = ParseErrors::default();
+        let c = Pressure::new(dir.path(), errors.clone());
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        testutil::check_families(&out).unwrap();
+        let text = encode_text(&out);
+        for want in [
+            "memwatch_pressure_stall_seconds_total{resource=\"memory\",kind=\"some\"} 2.5\n",
+            "memwatch_pressure_stall_seconds_total{resource=\"memory\",kind=\"full\"} 1\n",
+            "memwatch_pressure_stall_seconds_total{resource=\"io\",kind=\"some\"} 0.000003\n",
+            "memwatch_pressure_stall_ratio{resource=\"memory\",kind=\"some\",window=\"10s\"} 0.015\n",
+            "memwatch_pressure_stall_ratio{resource=\"memory\",kind=\"some\",window=\"60s\"} 0.0025\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(errors.get(), 1);
+
+        let empty = testutil::TempDir::new("nopsi");
+        let c = Pressure::new(empty.path(), ParseErrors::default());
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in testutil::procish_text()) {
+            let (lines, errors) = parse(&text);
+            let n = text.lines().filter(|l| !l.trim().is_empty()).count();
+            proptest::prop_assert_eq!(lines.len() + errors.len(), n);
+            proptest::prop_assert!(lines.len() <= 2);
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! Watched processes: for each process picked by the `[processes]` config (comm
+//! patterns, pids, cgroups), every /proc/PID/smaps_rollup field in bytes and the
+//! minor/major fault counts of /proc/PID/stat, labelled `pid` and `comm`.
+//!
+//! The label set is bounded by `processes.max_processes` (lowest pids first); matches
+//! beyond it are counted in `memwatch_watched_processes_over_limit`. A process that
+//! exits between the scan and the read is simply left out.
+//!
+//! Cost: smaps_rollup walks the process's page tables under its mmap lock, so it grows
+//! with the process's resident size; the /proc scan reads one `comm` file per process.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use prometheus::proto::MetricFamily;
+
+use super::{procfs, Collector, ParseErrors};
+use crate::{config, metrics::Family};
+
+/// `*` matches any run of bytes (including none); every other byte matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it currently covers up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// One smaps_rollup field: the kernel's name and the value in bytes (or a count when
+/// the kernel gives no unit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SmapsField<'a> {
+    pub field: &'a str,
+    pub value: u64,
+    pub bytes: bool,
+}
+
+/// Parses /proc/PID/smaps_rollup (the first line, the `[rollup]` address range, is
+/// skipped); returns the fields and the malformed lines.
+pub fn parse_smaps_rollup(text: &str) -> (Vec<SmapsField<'_>>, Vec<&str>) {
+    let (entries, errors) = super::meminfo::parse(
+        // The header line's `00:00` device would look like a field.
+        text.split_once('\n')
+            .filter(|(first, _)| first.trim_end().ends_with("[rollup]"))
+            .map_or(text, |(_, rest)| rest),
+    );
+    let fields = entries
+        .into_iter()
+        .map(|e| SmapsField {
+            field: e.field,
+            value: e.value,
+            bytes: e.unit.is_some(),
+        })
+        .collect();
+    (fields, errors)
+}
+
+/// From /proc/PID/stat: the comm and the minor and major fault counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stat<'a> {
+    pub comm: &'a str,
+    pub minflt: u64,
+    pub majflt: u64,
+}
+
+/// Parses /proc/PID/stat. The comm sits in parentheses and may itself contain spaces
+/// and parentheses, so the fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat<'_>> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let comm = &text[open + 1..close];
+    // After ") ": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt ...
+    let mut rest = text[close + 1..].split_ascii_whitespace();
+    let minflt = rest.nth(7)?.parse().ok()?;
+    let majflt = rest.nth(1)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        minflt,
+        majflt,
+    })
+}
+
+/// Whether any line of /proc/PID/cgroup (`id:controllers:path`) is `want` or below it.
+pub fn in_cgroup(cgroup_file: &str, want: &str) -> bool {
+    let want = want.trim_end_matches('/');
+    cgroup_file.lines().any(|l| {
+        let Some(path) = l.splitn(3, ':').nth(2) else {
+            return false;
+        };
+        want.is_empty()
+            || path == want
+            || path
+                .strip_prefix(want)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// The watched-processes collector.
+pub struct Processes {
+    proc_root: PathBuf,
+    cfg: config::Processes,
+    smaps_errors: ParseErrors,
+    stat_errors: ParseErrors,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// smaps field -> (name, help), built once per field.
+    names: HashMap<String, (String, String)>,
+}
+
+impl Processes {
+    pub fn new(
+        proc_root: impl AsRef<Path>,
+        cfg: config::Processes,
+        smaps_errors: ParseErrors,
+        stat_errors: ParseErrors,
+    ) -> Self {
+        Self {
+            proc_root: proc_root.as_ref().to_path_buf(),
+            cfg,
+            smaps_errors,
+            stat_errors,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The pids to watch, sorted, and how many matched beyond the limit.
+    fn select(&self, buf: &mut Vec<u8>) -> (Vec<u32>, usize) {
+        let mut pids: Vec<u32> = Vec::new();
+        if self.cfg.comm.is_empty() && self.cfg.cgroups.is_empty() {
+            pids.extend(&self.cfg.pids);
+        } else {
+            let Ok(dir) = fs::read_dir(&self.proc_root) else {
+                return (Vec::new(), 0);
+            };
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if self.matches(pid, buf) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        let over = pids.len().saturating_sub(self.cfg.max_processes);
+        pids.truncate(self.cfg.max_processes);
+        (pids, over)
+    }
+
+    fn matches(&self, pid: u32, buf: &mut Vec<u8>) -> bool {
+        if self.cfg.pids.contains(&pid) {
+            return true;
+        }
+        let base = self.proc_root.join(pid.to_string());
+        if !self.cfg.comm.is_empty() && procfs::read_into(&base.join("comm"), buf).is_ok() {
+            let comm = String::from_utf8_lossy(buf);
+            let comm = comm.trim_end_matches('\n');
+            if self.cfg.comm.iter().any(|p| glob_match(p, comm)) {
+                return true;
+            }
+        }
+        if !self.cfg.cgroups.is_empty() && procfs::read_into(&base.join("cgroup"), buf).is_ok() {
+            let text = String::from_utf8_lossy(buf);
+            if self.cfg.cgroups.iter().any(|c| in_cgroup(&text, c)) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Collector for Processes {
+    fn name(&self) -> &'static str {
+        "processes"
+    }
+
+    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { buf, names } = &mut *state;
+        let (pids, over) = self.select(buf);
+        let mut minflt = Family::counter(
+            "memwatch_process_minor_faults_total",
+            "Minor page faults of a watched process (/proc/PID/stat minflt).",
+        );
+        let mut majflt = Family::counter(
+            "memwatch_process_major_faults_total",
+            "Major page faults of a watched process (/proc/PID/stat majflt).",
+        );
+        // smaps families in first-seen order, with the last pid each one got.
+        let mut smaps: Vec<(String, Family, Option<u32>)> = Vec::new();
+        let mut watched = 0u64;
+        let mut stat_buf = Vec::new();
+        for pid in pids {
+            let base = self.proc_root.join(pid.to_string());
+            // stat first: it names the process; a process gone by now is skipped.
+            if procfs::read_into(&base.join("stat"), &mut stat_buf).is_err() {
+                continue;
+            }
+            let stat_text = String::from_utf8_lossy(&stat_buf);
+            let Some(stat) = parse_stat(&stat_text) else {
+                log::debug!("{}/stat: malformed: {stat_text:?}", base.display());
+                self.stat_errors.add(1);
+                continue;
+            };
+            if let Err(e) = procfs::read_into(&base.join("smaps_rollup"), buf) {
+                log::debug!("{}/smaps_rollup: {e}; skipping the process", base.display());
+                continue;
+            }
+            watched += 1;
+            let pid_s = pid.to_string();
+            let labels = [("pid", pid_s.as_str()), ("comm", stat.comm)];
+            minflt.sample(&labels, stat.minflt as f64);
+            majflt.sample(&labels, stat.majflt as f64);
+            let text = String::from_utf8_lossy(buf);
+            let (fields, errors) = parse_smaps_rollup(&text);
+            for bad in &errors {
+                log::debug!("{}/smaps_rollup: skipping {bad:?}", base.display());
+            }
+            self.smaps_errors.add(errors.len() as u64);
+            for f in fields {
+                if !names.contains_key(f.field) {
+                    let mut name = String::from("memwatch_process_smaps_");
+                    procfs::push_snake(&mut name, f.field);
+                    let help = if f.bytes {
+                        name.push_str("_bytes");
+                        format!(
+                            "/proc/PID/smaps_rollup field {} of a watched process, in bytes.",
+                            f.field
+                        )
+                    } else {
+                        format!(
+                            "/proc/PID/smaps_rollup field {} of a watched process.",
+                            f.field
+                        )
+                    };
+                    procfs::lint_fix(&mut name, false);
+                    names.insert(f.field.to_string(), (name, help));
+                }
+                let (name, help) = &names[f.field];
+                let i = match smaps.iter().position(|(n, _, _)| n == name) {
+                    Some(i) => i,
+                    None => {
+                        let fam = Family::gauge(name.as_str(), help.as_str());
+                        smaps.push((name.clone(), fam, None));
+                        smaps.len() - 1
+                    }
+                };
+                // Two fields that spell the same name: keep the first.
+                if smaps[i].2 == Some(pid) {
+                    self.smaps_errors.add(1);
+                    continue;
+                }
+                smaps[i].2 = Some(pid);
+                smaps[i].1.sample(&labels, f.value as f64);
+            }
+        }
+        minflt.push_to(out);
+        majflt.push_to(out);
+        for (_, f, _) in smaps {
+            f.push_to(out);
+        }
+        let mut n = Family::gauge(
+            "memwatch_watched_processes",
+            "Processes matched by the [processes] config and exported this scrape.",
+        );
+        n.sample(&[], watched as f64);
+        n.push_to(out);
+        let mut o = Family::gauge(
+            "memwatch_watched_processes_over_limit",
+            "Processes that matched the [processes] config but were not exported because \
+             processes.max_processes was reached.",
+        );
+        o.sample(&[], over as f64);
+        o.push_to(out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{collectors::testutil, metrics::encode_text};
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("redis-server", "redis-server"));
+        assert!(!glob_match("redis-server", "redis-server2"));
+        assert!(glob_match("redis-rdb-*", "redis-rdb-bgsav"));
+        assert!(glob_match("redis-rdb-*", "redis-rdb-"));
+        assert!(!glob_match("redis-rdb-*", "redis-aof-rewri"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*sql*", "postgresql"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("**x", "yyx"));
+        assert!(!glob_match("", "x"));
+    }
+
+    #[test]
+    fn fixtures_match_golden() {
+        for (path, text) in testutil::fixtures("smaps_rollup") {
+            let (fields, errors) = parse_smaps_rollup(&text);
+            assert!(errors.is_empty(), "{path}: {errors:?}");
+            assert_eq!(fields.len(), text.lines().count() - 1, "{path}");
+            let rendered: String = fields
+                .iter()
+                .map(|f| format!("{} {} {}\n", f.field, f.value, f.bytes))
+                .collect();
+            testutil::check_golden(&path, &rendered);
+        }
+        for (path, text) in testutil::fixtures("stat") {
+            let s = parse_stat(&text).unwrap_or_else(|| panic!("{path}"));
+            testutil::check_golden(
+                &path,
+                &format!(
+                    "comm={:?} minflt={} majflt={}\n",
+                    s.comm, s.minflt, s.majflt
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let text = testutil::fixture("stat/synthetic-odd-comm.txt");
+        let s = parse_stat(&text).unwrap();
+        assert_eq!(s.comm, "my (odd) comm");
+        assert_eq!((s.minflt, s.majflt), (123456, 89));
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+        assert_eq!(parse_stat(") ("), None);
+    }
+
+    #[test]
+    fn cgroup_membership() {
+        let file = "12:memory:/redis/a\n11:cpu:/\n0::/system.slice/redis.service\n";
+        assert!(in_cgroup(file, "/redis"));
+        assert!(in_cgroup(file, "/redis/"));
+        assert!(in_cgroup(file, "/redis/a"));
+        assert!(in_cgroup(file, "/system.slice/redis.service"));
+        assert!(!in_cgroup(file, "/red"));
+        assert!(!in_cgroup(file, "/system.slice/redis"));
+        assert!(in_cgroup(file, "/"));
+    }
+
+    /// A fake /proc with three processes: two match (comm pattern, pid), one does not;
+    /// a limit of one exports the lowest pid and counts the other.
+    #[test]
+    fn collector_selects_and_exports() {
+        let dir = testutil::TempDir::new("processes");
+        let rollup = testutil::fixture("smaps_rollup/linux-6.18-host-sleep.txt");
+        for (pid, comm) in [(10, "redis-server"), (20, "bash"), (30, "redis-rdb-bgsav")] {
+            dir.write(&format!("{pid}/comm"), &format!("{comm}\n"));
+            dir.write(
+                &format!("{pid}/stat"),
+                &format!(
+                    "{pid} ({comm}) S 1 1 1 0 -1 0 {} 0 {} 0 0 0\n",
+                    pid * 100,
+                    pid
+                ),
+            );
+            dir.write(&format!("{pid}/smaps_rollup"), &rollup);
+            dir.write(&format!("{pid}/cgroup"), "0::/\n");
+        }
+        dir.write("self/comm", "memwatch\n");
+        let cfg = config::Processes {
+            comm: vec!["redis-server".into(), "redis-rdb-*".into()],
+            ..config::Processes::default()
+        };
+        let c = Processes::new(
+            dir.path(),
+            cfg,
+            ParseErrors::default(),
+            ParseErrors::default(),
+        );
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        testutil::check_families(&out).unwrap();
+        let text = encode_text(&out);
+        for want in [
+            "memwatch_process_minor_faults_total{pid=\"10\",comm=\"redis-server\"} 1000\n",
+            "memwatch_process_major_faults_total{pid=\"30\",comm=\"redis-rdb-bgsav\"} 30\n",
+            "memwatch_process_smaps_rss_bytes{pid=\"10\",comm=\"redis-server\"} 1851392\n",
+            "memwatch_process_smaps_pss_anon_bytes{pid=\"30\",comm=\"redis-rdb-bgsav\"} ",
+            "memwatch_process_smaps_private_dirty_bytes{pid=\"10\",comm=\"redis-server\"} ",
+            "memwatch_process_smaps_anon_huge_pages_bytes{pid=\"10\",comm=\"redis-server\"} 0\n",
+            "memwatch_watched_processes 2\n",
+            "memwatch_watched_processes_over_limit 0\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains("bash"), "{text}");
+
+        let cfg = config::Processes {
+            comm: vec![],
+            pids: vec![20, 30, 99],
+            cgroups: vec![],
+            max_processes: 1,
+        };
+        let c = Processes::new(
+            dir.path(),
+            cfg,
+            ParseErrors::default(),
+            ParseErrors::default(),
+        );
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        let text = encode_text(&out);
+        assert!(text.contains("comm=\"bash\""), "{text}");
+        assert!(!text.contains("redis"), "{text}");
+        assert!(
+            text.contains("memwatch_watched_processes_over_limit 2\n"),
+            "{text}"
+        );
+
+        let cfg = config::Processes {
+            comm: vec![],
+            pids: vec![],
+            cgroups: vec!["/".into()],
+            max_processes: 10,
+        };
+        let c = Processes::new(
+            dir.path(),
+            cfg,
+            ParseErrors::default(),
+            ParseErrors::default(),
+        );
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        assert!(encode_text(&out).contains("memwatch_watched_processes 3\n"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(text in testutil::procish_text(), pat in "[a-c*]{0,6}") {
+            let (fields, errors) = parse_smaps_rollup(&text);
+            proptest::prop_assert!(fields.len() + errors.len() <= text.lines().count());
+            let _ = parse_stat(&text);
+            let _ = in_cgroup(&text, "/a");
+            let _ = glob_match(&pat, &text);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! /proc/vmstat: every field.
+//!
+//! A field that counts events becomes a counter `memwatch_vmstat_<field>_total`
+//! (`pgfault` → `memwatch_vmstat_pgfault_total`); a current amount becomes a gauge
+//! `memwatch_vmstat_<field>` (`nr_dirty` → `memwatch_vmstat_nr_dirty`). Which is which
+//! is decided by one rule, `procfs::is_event_counter` (docs/METRICS.md states it), so a
+//! field a future kernel adds is exported too. Values are the kernel's: pages for the
+//! `nr_*` amounts and for most page events, plain counts for the rest.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::Context as _;
+use prometheus::proto::MetricFamily;
+
+use super::{procfs, Collector, ParseErrors};
+use crate::metrics::Family;
+
+/// One line of /proc/vmstat (or of a `key value` block of /proc/zoneinfo).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Field<'a> {
+    pub name: &'a str,
+    pub value: f64,
+}
+
+/// Parses `name value` where value is an integer (the kernel prints unsigned longs;
+/// a signed value is accepted for a drifting per-CPU sum).
+pub fn parse_kv(line: &str) -> Option<Field<'_>> {
+    let mut words = line.split_ascii_whitespace();
+    let name = words.next()?;
+    let value = parse_int(words.next()?)?;
+    if words.next().is_some() || !valid_name(name) {
+        return None;
+    }
+    Some(Field { name, value })
+}
+
+/// An integer as f64: u64, or i64 when negative.
+pub fn parse_int(s: &str) -> Option<f64> {
+    if let Ok(v) = s.parse::<u64>() {
+        return Some(v as f64);
+    }
+    s.parse::<i64>().ok().map(|v| v as f64)
+}
+
+/// A kernel field name we can turn into a metric name: ASCII, starts with a letter.
+pub fn valid_name(name: &str) -> bool {
+    name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Parses /proc/vmstat: the fields, and the malformed or repeated lines that were
+/// skipped.
+pub fn parse(text: &str) -> (Vec<Field<'_>>, Vec<&str>) {
+    let mut fields: Vec<Field> = Vec::with_capacity(256);
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(256);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match parse_kv(line) {
+            Some(f) if seen.insert(f.name) => fields.push(f),
+            _ => errors.push(line),
+        }
+    }
+    (fields, errors)
+}
+
+/// The exported name of a vmstat field, and whether it is a counter.
+pub fn metric_name(field: &str) -> (String, bool) {
+    let counter = procfs::is_event_counter(field);
+    let mut name = String::with_capacity(16 + field.len() + 6);
+    name.push_str("memwatch_vmstat_");
+    procfs::push_sanitized(&mut name, field);
+    procfs::lint_fix(&mut name, counter);
+    if counter {
+        name.push_str("_total");
+    }
+    (name, counter)
+}
+
+/// The vmstat collector.
+pub struct Vmstat {
+    path: PathBuf,
+    errors: ParseErrors,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// field -> (counter?, name, help), built once per field.
+    names: HashMap<String, (bool, String, String)>,
+}
+
+impl Vmstat {
+    pub fn new(proc_root: impl AsRef<Path>, errors: ParseErrors) -> Self {
+        Self {
+            path: proc_root.as_ref().join("vmstat"),
+            errors,
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl Collector for Vmstat {
+    fn name(&self) -> &'static str {
+        "vmstat"
+    }
+
+    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { buf, names } = &mut *state;
+        procfs::read_into(&self.path, buf)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let text = String::from_utf8_lossy(buf);
+        let (fields, errors) = parse(&text);
+        for bad in &errors {
+            log::debug!("{}: skipping malformed line {bad:?}", self.path.display());
+        }
+        self.errors.add(errors.len() as u64);
+        for f in fields {
+            if !names.contains_key(f.name) {
+                let (name, counter) = metric_name(f.name);
+                let help = if counter {
+                    format!("/proc/vmstat field {} (an event count).", f.name)
+                } else {
+                    format!("/proc/vmstat field {} (a current value).", f.name)
+                };
+                names.insert(f.name.to_string(), (counter, name, help));
+            }
+            let (counter, name, help) = &names[f.name];
+            let mut fam = if *counter {
+                Family::counter(name.as_str(), help.as_str())
+            } else {
+                Family::gauge(name.as_str(), help.as_str())
+            };
+            fam.sample(&[], f.value);
+            fam.push_to(out);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collectors::testutil;
+
+    /// Every fixture parses completely and renders as its golden file says
+    /// (`UPDATE_GOLDEN=1` rewrites them; review the diff).
+    #[test]
+    fn fixtures_match_golden() {
+        for (path, text) in testutil::fixtures("vmstat") {
+            let (fields, errors) = parse(&text);
+            assert!(errors.is_empty(), "{path}: {errors:?}");
+            assert_eq!(fields.len(), text.lines().count(), "{path}");
+            let rendered: String = fields
+                .iter()
+                .map(|f| {
+                    let (name, counter) = metric_name(f.name);
+                    let kind = if counter { "counter" } else { "gauge" };
+                    format!("{name} {kind} {}\n", f.value)
+                })
+                .collect();
+            testutil::check_golden(&path, &rendered);
+        }
+    }
+
+    #[test]
+    fn host_fixture_values() {
+        let text = testutil::fixture("vmstat/linux-6.18-host.txt");
+        let (fields, _) = parse(&text);
+        let get = |n: &str| fields.iter().find(|f| f.name == n).unwrap().value;
+        assert_eq!(get("nr_free_pages"), 1_418_486.0);
+        assert_eq!(get("pgfault"), 61_137_212.0);
+        assert_eq!(get("nr_unstable"), 0.0);
+        assert_eq!(metric_name("pgfault").0, "memwatch_vmstat_pgfault_total");
+        assert_eq!(metric_name("nr_dirty").0, "memwatch_vmstat_nr_dirty");
+        assert_eq!(
+            metric_name("nr_dirtied").0,
+            "memwatch_vmstat_nr_dirtied_total"
+        );
+        assert_eq!(
+            metric_name("workingset_nodes").0,
+            "memwatch_vmstat_workingset_nodes"
+        );
+    }
+
+    #[test]
+    fn malformed_and_repeated_lines_are_skipped() {
+        let (fields, errors) = parse(
+            "nr_free_pages 10\ngarbage\npgfault x\npgfault 3\npgfault 4\na b c\n9lives 1\n\
+             neg -2\nbig 18446744073709551615\nnon-ascii\u{e9} 1\n",
+        );
+        let names: Vec<_> = fields.iter().map(|f| (f.name, f.value)).collect();
+        assert_eq!(
+            names,
+            [
+                ("nr_free_pages", 10.0),
+                ("pgfault", 3.0),
+                ("neg", -2.0),
+                ("big", u64::MAX as f64)
+            ]
+        );
+        assert_eq!(errors.len(), 6, "{errors:?}");
+    }
+
+    proptest::proptest! {
+        /// Never panics, and every line is either a field or an error.
+        #[test]
+        fn parse_never_panics(text in testutil::procish_text()) {
+            let (fields, errors) = parse(&text);
+            let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+            proptest::prop_assert_eq!(fields.len() + errors.len(), lines);
+            for f in fields {
+                let (name, _) = metric_name(f.name);
+                proptest::prop_assert!(testutil::valid_metric_name(&name), "{}", name);
+            }
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! /proc/zoneinfo: per node and zone, the free pages, watermarks, sizes, protection
+//! array and statistics; per node, the node statistics block; and a derived headroom
+//! (free minus the high watermark) per zone. Everything is in pages, named `_pages`
+//! where the kernel's name does not already say so (docs/METRICS.md lists them).
+//!
+//! The per-CPU `pagesets` blocks are read past and not exported: their size grows with
+//! the CPU count, which would make the label set unbounded.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::Context as _;
+use prometheus::proto::MetricFamily;
+
+use super::{
+    procfs,
+    vmstat::{parse_int, parse_kv, valid_name, Field},
+    Collector, ParseErrors,
+};
+use crate::metrics::Family;
+
+/// One zone of one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Zone<'a> {
+    pub node: &'a str,
+    pub zone: &'a str,
+    /// `pages free`.
+    pub free: Option<f64>,
+    /// The indented `key value` lines after `pages free`: `boost`, `min`, `low`,
+    /// `high`, `promo`, `spanned`, `present`, `managed`, `cma` (kernels differ).
+    pub header: Vec<Field<'a>>,
+    /// `protection: (a, b, ...)`, one entry per zone of the node.
+    pub protection: Vec<f64>,
+    /// The per-zone statistics (`nr_*`, `numa_*`).
+    pub stats: Vec<Field<'a>>,
+    /// `key: value` lines outside the pagesets: `node_unreclaimable`, `start_pfn`.
+    pub scalars: Vec<Field<'a>>,
+}
+
+/// The `per-node stats` block, printed inside the node's first populated zone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeStats<'a> {
+    pub node: &'a str,
+    pub stats: Vec<Field<'a>>,
+}
+
+/// A parsed /proc/zoneinfo.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed<'a> {
+    pub zones: Vec<Zone<'a>>,
+    pub nodes: Vec<NodeStats<'a>>,
+}
+
+impl Zone<'_> {
+    fn get(&self, key: &str) -> Option<f64> {
+        self.header.iter().find(|f| f.name == key).map(|f| f.value)
+    }
+
+    /// Free pages above the high watermark; negative when kswapd has work to do.
+    /// `None` for a zone without managed pages (an empty Movable or Device zone has a
+    /// watermark but nothing to allocate).
+    pub fn headroom(&self) -> Option<f64> {
+        if self.get("managed") == Some(0.0) {
+            return None;
+        }
+        Some(self.free? - self.get("high")?)
+    }
+}
+
+/// The watermarks, exported as one family with a `watermark` label.
+const WATERMARKS: &[&str] = &["min", "low", "high", "promo"];
+
+/// `key:` names inside a `pagesets` block.
+const PAGESET_KEYS: &[&str] = &[
+    "cpu",
+    "count",
+    "high",
+    "batch",
+    "high_min",
+    "high_max",
+    "vm stats threshold",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Section {
+    /// Before any zone, or in a zone block that is skipped (repeated or malformed
+    /// header): lines are ignored until the next `Node` line.
+    Skip,
+    /// Right after `Node N, zone Z`.
+    ZoneStart,
+    NodeStats,
+    ZoneHeader,
+    ZoneStats,
+    Pagesets,
+}
+
+/// Parses /proc/zoneinfo; returns it and the lines that were skipped as malformed.
+pub fn parse(text: &str) -> (Parsed<'_>, Vec<&str>) {
+    let mut zi = Parsed::default();
+    let mut errors = Vec::new();
+    let mut section = Section::Skip;
+    // Index of the current node in `zi.nodes` while in a per-node block.
+    let mut node_idx = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("Node ") {
+            section = Section::Skip;
+            match parse_zone_header(rest) {
+                Some((node, zone))
+                    if !zi.zones.iter().any(|z| z.node == node && z.zone == zone) =>
+                {
+                    zi.zones.push(Zone {
+                        node,
+                        zone,
+                        ..Zone::default()
+                    });
+                    section = Section::ZoneStart;
+                }
+                _ => errors.push(line),
+            }
+            continue;
+        }
+        if section == Section::Skip {
+            // Lines of a skipped zone block, or text before the first zone: only the
+            // latter is malformed.
+            if zi.zones.is_empty() {
+                errors.push(line);
+            }
+            continue;
+        }
+        let zone = zi.zones.last_mut().expect("a zone once past Skip");
+        if t == "per-node stats" {
+            if zi.nodes.iter().any(|n| n.node == zone.node) {
+                errors.push(line);
+                section = Section::Skip;
+                continue;
+            }
+            zi.nodes.push(NodeStats {
+                node: zone.node,
+                stats: Vec::new(),
+            });
+            node_idx = Some(zi.nodes.len() - 1);
+            section = Section::NodeStats;
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("pages free") {
+            match parse_int(rest.trim()) {
+                Some(v) if zone.free.is_none() => zone.free = Some(v),
+                _ => errors.push(line),
+            }
+            section = Section::ZoneHeader;
+            continue;
+        }
+        if t == "pagesets" {
+            section = Section::Pagesets;
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("protection:") {
+            match parse_protection(rest) {
+                Some(p) if zone.protection.is_empty() => zone.protection = p,
+                _ => errors.push(line),
+            }
+            section = Section::ZoneStats;
+            continue;
+        }
+        if let Some((key, value)) = t.split_once(':') {
+            let key = key.trim();
+            if section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
+                continue;
+            }
+            match parse_int(value.trim()) {
+                Some(value) if valid_name(key) && !has(&zone.scalars, key) => {
+                    zone.scalars.push(Field { name: key, value })
+                }
+                _ => errors.push(line),
+            }
+            continue;
+        }
+        let Some(field) = parse_kv(t) else {
+            errors.push(line);
+            continue;
+        };
+        let list = match section {
+            Section::NodeStats => match node_idx {
+                Some(i) => &mut zi.nodes[i].stats,
+                None => {
+                    errors.push(line);
+                    continue;
+                }
+            },
+            // Header keys are bare words; a statistic (older kernels print them before
+            // `protection:`) has an underscore.
+            Section::ZoneHeader if !field.name.contains('_') => &mut zone.header,
+            Section::ZoneStart => {
+                errors.push(line);
+                continue;
+            }
+            _ => &mut zone.stats,
+        };
+        if has(list, field.name) {
+            errors.push(line);
+        } else {
+            list.push(field);
+        }
+    }
+    (zi, errors)
+}
+
+fn has(list: &[Field], name: &str) -> bool {
+    list.iter().any(|f| f.name == name)
+}
+
+/// `0, zone      DMA` → ("0", "DMA").
+fn parse_zone_header(rest: &str) -> Option<(&str, &str)> {
+    let (node, zone) = rest.split_once(',')?;
+    let node = node.trim();
+    let zone = zone.trim().strip_prefix("zone")?.trim();
+    if node.is_empty() || !node.bytes().all(|b| b.is_ascii_digit()) || !valid_name(zone) {
+        return None;
+    }
+    Some((node, zone))
+}
+
+/// ` (0, 3019, 8267)` → [0, 3019, 8267].
+fn parse_protection(rest: &str) -> Option<Vec<f64>> {
+    let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+    inner
+        .split(',')
+        .map(|v| parse_int(v.trim()))
+        .collect::<Option<Vec<_>>>()
+        .filter(|v| v.len() <= 16)
+}
+
+/// Which group of names a family belongs to: a name claimed by one group is never
+/// reused by another, so a strange file can't produce one series twice.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Group {
+    Free,
+    Watermark,
+    Header,
+    Protection,
+    Headroom,
+    ZoneStat,
+    Scalar,
+    NodeStat,
+}
+
+/// The families of one scrape, in first-seen order.
+struct Families {
+    list: Vec<(Group, Family)>,
+    index: HashMap<String, usize>,
+}
+
+impl Families {
+    fn new() -> Self {
+        Self {
+            list: Vec::with_capacity(128),
+            index: HashMap::with_capacity(128),
+        }
+    }
+
+    /// The family `name`, created as described by `make` the first time; `None` when
+    /// another group already owns the name.
+    fn get(
+        &mut self,
+        group: Group,
+        name: &str,
+        make: impl FnOnce() -> Family,
+    ) -> Option<&mut Family> {
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.list.push((group, make()));
+                self.index.insert(name.to_string(), self.list.len() - 1);
+                self.list.len() - 1
+            }
+        };
+        let (g, f) = &mut self.list[i];
+        (*g == group).then_some(f)
+    }
+}
+
+/// Names and help texts built once per field.
+#[derive(Default)]
+struct Names {
+    /// group -> field -> (counter?, name, help)
+    map: HashMap<Group, HashMap<String, (bool, String, String)>>,
+}
+
+impl Names {
+    fn get(&mut self, group: Group, field: &str) -> &(bool, String, String) {
+        let m = self.map.entry(group).or_default();
+        // Lookups borrow; only a field seen for the first time allocates.
+        if !m.contains_key(field) {
+            m.insert(field.to_string(), name_for(group, field));
+        }
+        &m[field]
+    }
+}
+
+/// The exported name, type and help of a field of a group.
+fn name_for(group: Group, field: &str) -> (bool, String, String) {
+    let mut name = String::from("memwatch_zoneinfo_");
+    let counter =
+        matches!(group, Group::ZoneStat | Group::NodeStat) && procfs::is_event_counter(field);
+    if group == Group::NodeStat {
+        name.push_str("node_");
+    }
+    procfs::push_sanitized(&mut name, field);
+    let help = match group {
+        Group::Header => {
+            name.push_str("_pages");
+            format!("/proc/zoneinfo zone field {field}, in pages.")
+        }
+        Group::ZoneStat => format!("/proc/zoneinfo per-zone statistic {field}."),
+        Group::NodeStat => format!("/proc/zoneinfo per-node statistic {field}."),
+        _ => format!("/proc/zoneinfo zone field {field}."),
+    };
+    procfs::lint_fix(&mut name, counter);
+    if counter {
+        name.push_str("_total");
+    }
+    (counter, name, help)
+}
+
+/// Renders a parsed zoneinfo into metric families. `names` caches the names of
+/// generic fields between scrapes.
+fn render(zi: &Parsed, names: &mut Names, out: &mut Vec<MetricFamily>) {
+    let mut fams = Families::new();
+    // The zone names of each node in order: the protection array is indexed by them.
+    let zone_names = |node: &str| -> Vec<&str> {
+        zi.zones
+            .iter()
+            .filter(|z| z.node == node)
+            .map(|z| z.zone)
+            .collect()
+    };
+    let mut index_buf = String::new();
+    for z in &zi.zones {
+        let labels = [("node", z.node), ("zone", z.zone)];
+        if let Some(free) = z.free {
+            if let Some(f) = fams.get(Group::Free, "memwatch_zoneinfo_free_pages", || {
+                Family::gauge(
+                    "memwatch_zoneinfo_free_pages",
+                    "/proc/zoneinfo `pages free`: free pages in the zone.",
+                )
+            }) {
+                f.sample(&labels, free);
+            }
+        }
+        for h in &z.header {
+            if WATERMARKS.contains(&h.name) {
+                if let Some(f) = fams.get(
+                    Group::Watermark,
+                    "memwatch_zoneinfo_watermark_pages",
+                    || {
+                        Family::gauge(
+                            "memwatch_zoneinfo_watermark_pages",
+                            "/proc/zoneinfo zone watermarks (min, low, high, promo), in pages.",
+                        )
+                    },
+                ) {
+                    f.sample(
+                        &[("node", z.node), ("zone", z.zone), ("watermark", h.name)],
+                        h.value,
+                    );
+                }
+                continue;
+            }
+            let (_, name, help) = names.get(Group::Header, h.name);
+            if let Some(f) = fams.get(Group::Header, name, || Family::gauge(name, help)) {
+                f.sample(&labels, h.value);
+            }
+        }
+        if !z.protection.is_empty() {
+            let zones = zone_names(z.node);
+            for (i, v) in z.protection.iter().enumerate() {
+                let alloc_zone = if zones.len() == z.protection.len() {
+                    zones[i]
+                } else {
+                    index_buf.clear();
+                    use std::fmt::Write as _;
+                    let _ = write!(index_buf, "{i}");
+                    &index_buf
+                };
+                if let Some(f) = fams.get(
+                    Group::Protection,
+                    "memwatch_zoneinfo_protection_pages",
+                    || {
+                        Family::gauge(
+                            "memwatch_zoneinfo_protection_pages",
+                            "/proc/zoneinfo protection (lowmem_reserve): pages of this zone \
+                             kept back from allocations that could also use alloc_zone.",
+                        )
+                    },
+                ) {
+                    f.sample(
+                        &[
+                            ("node", z.node),
+                            ("zone", z.zone),
+                            ("alloc_zone", alloc_zone),
+                        ],
+                        *v,
+                    );
+                }
+            }
+        }
+        if let Some(headroom) = z.headroom() {
+            if let Some(f) = fams.get(Group::Headroom, "memwatch_zoneinfo_headroom_pages", || {
+                Family::gauge(
+                    "memwatch_zoneinfo_headroom_pages",
+                    "Free pages above the zone's high watermark (pages free - high); \
+                     negative when the zone is below it.",
+                )
+            }) {
+                f.sample(&labels, headroom);
+            }
+        }
+        for (group, list) in [(Group::ZoneStat, &z.stats), (Group::Scalar, &z.scalars)] {
+            for s in list {
+                let (counter, name, help) = names.get(group, s.name);
+                let make = || {
+                    if *counter {
+                        Family::counter(name, help)
+                    } else {
+                        Family::gauge(name, help)
+                    }
+                };
+                if let Some(f) = fams.get(group, name, make) {
+                    f.sample(&labels, s.value);
+                }
+            }
+        }
+    }
+    for n in &zi.nodes {
+        for s in &n.stats {
+            let (counter, name, help) = names.get(Group::NodeStat, s.name);
+            let make = || {
+                if *counter {
+                    Family::counter(name, help)
+                } else {
+                    Family::gauge(name, help)
+                }
+            };
+            if let Some(f) = fams.get(Group::NodeStat, name, make) {
+                f.sample(&[("node", n.node)], s.value);
+            }
+        }
+    }
+    for (_, f) in fams.list {
+        f.push_to(out);
+    }
+}
+
+/// The zoneinfo collector.
+pub struct Zoneinfo {
+    path: PathBuf,
+    errors: ParseErrors,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    names: Names,
+}
+
+impl Zoneinfo {
+    pub fn new(proc_root: impl AsRef<Path>, errors: ParseErrors) -> Self {
+        Self {
+            path: proc_root.as_ref().join("zoneinfo"),
+            errors,
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl Collector for Zoneinfo {
+    fn name(&self) -> &'static str {
+        "zoneinfo"
+    }
+
+    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { buf, names } = &mut *state;
+        procfs::read_into(&self.path, buf)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let text = String::from_utf8_lossy(buf);
+        let (zi, errors) = parse(&text);
+        for bad in &errors {
+            log::debug!("{}: skipping malformed line {bad:?}", self.path.display());
+        }
+        self.errors.add(errors.len() as u64);
+        render(&zi, names, out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{collectors::testutil, metrics::encode_text};
+
+    fn rendered(text: &str) -> Vec<MetricFamily> {
+        let (zi, _) = parse(text);
+        let mut out = Vec::new();
+        render(&zi, &mut Names::default(), &mut out);
+        out
+    }
+
+    /// Every fixture parses without a skipped line and renders (in the exposition
+    /// format) as its golden file says (`UPDATE_GOLDEN=1` rewrites them).
+    #[test]
+    fn fixtures_match_golden() {
+        for (path, text) in testutil::fixtures("zoneinfo") {
+            let (_, errors) = parse(&text);
+            assert!(errors.is_empty(), "{path}: {errors:?}");
+            let fams = rendered(&text);
+            testutil::check_families(&fams).unwrap();
+            testutil::check_golden(&path, &encode_text(&fams));
+        }
+    }
+
+    #[test]
+    fn host_fixture_values() {
+        let text = testutil::fixture("zoneinfo/linux-6.18-host.txt");
+        let (zi, errors) = parse(&text);
+        assert!(errors.is_empty());
+        let zones: Vec<_> = zi.zones.iter().map(|z| (z.node, z.zone)).collect();
+        assert_eq!(
+            zones,
+            [
+                ("0", "DMA"),
+                ("0", "DMA32"),
+                ("0", "Normal"),
+                ("0", "Movable"),
+                ("0", "Device")
+            ]
+        );
+        let dma32 = &zi.zones[1];
+        assert_eq!(dma32.free, Some(772918.0));
+        assert_eq!(dma32.get("high"), Some(7791.0));
+        assert_eq!(dma32.headroom(), Some(772918.0 - 7791.0));
+        assert_eq!(dma32.protection, [0.0, 0.0, 6784.0, 6784.0, 6784.0]);
+        assert_eq!(
+            zi.zones[2]
+                .stats
+                .iter()
+                .find(|f| f.name == "numa_hit")
+                .unwrap()
+                .value,
+            56039869.0
+        );
+        assert_eq!(
+            zi.zones[2].scalars,
+            [
+                Field {
+                    name: "node_unreclaimable",
+                    value: 0.0
+                },
+                Field {
+                    name: "start_pfn",
+                    value: 1048576.0
+                }
+            ]
+        );
+        // The per-node block, once for node 0.
+        assert_eq!(zi.nodes.len(), 1);
+        let dirtied = zi.nodes[0]
+            .stats
+            .iter()
+            .find(|f| f.name == "nr_dirtied")
+            .unwrap();
+        assert_eq!(dirtied.value, 4322877.0);
+        // Empty zones have no per-zone statistics, and no pagesets leak in.
+        assert!(zi.zones[3].stats.is_empty() && zi.zones[3].scalars.is_empty());
+        assert!(zi
+            .zones
+            .iter()
+            .all(|z| !has(&z.stats, "batch") && !has(&z.header, "count")));
+
+        let text = encode_text(&rendered(&text));
+        for want in [
+            "memwatch_zoneinfo_free_pages{node=\"0\",zone=\"DMA32\"} 772918\n",
+            "memwatch_zoneinfo_watermark_pages{node=\"0\",zone=\"DMA32\",watermark=\"high\"} 7791\n",
+            "memwatch_zoneinfo_headroom_pages{node=\"0\",zone=\"DMA32\"} 765127\n",
+            "memwatch_zoneinfo_protection_pages{node=\"0\",zone=\"DMA\",alloc_zone=\"Normal\"} 9803\n",
+            "memwatch_zoneinfo_managed_pages{node=\"0\",zone=\"Normal\"} ",
+            "# TYPE memwatch_zoneinfo_numa_hit_total counter\n",
+            "memwatch_zoneinfo_numa_hit_total{node=\"0\",zone=\"Normal\"} 56039869\n",
+            "# TYPE memwatch_zoneinfo_nr_free_pages gauge\n",
+            "memwatch_zoneinfo_node_nr_dirtied_total{node=\"0\"} 4322877\n",
+            "memwatch_zoneinfo_node_nr_dirty{node=\"0\"} ",
+            "memwatch_zoneinfo_start_pfn{node=\"0\",zone=\"Normal\"} 1048576\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?}");
+        }
+    }
+
+    /// The layout of older kernels (5.x: no promo watermark, no boost line, pagesets
+    /// with `vm stats threshold` per CPU; 4.x: statistics before `protection:`), two
+    /// NUMA nodes.
+    #[test]
+    fn older_layouts() {
+        let text = "\
+Node 0, zone   Normal
+  per-node stats
+      nr_inactive_anon 10
+      nr_dirtied   7
+  pages free     100
+        min      5
+        low      6
+        high     7
+        spanned  200
+        present  200
+        managed  150
+        protection: (0, 0)
+      nr_free_pages 100
+      numa_hit     9
+  pagesets
+    cpu: 0
+              count: 1
+              high:  2
+              batch: 3
+  vm stats threshold: 4
+  node_unreclaimable:  0
+  start_pfn:           1
+Node 1, zone   Normal
+  per-node stats
+      nr_inactive_anon 11
+  pages free     50
+        min      5
+        low      6
+        high     60
+        scanned  0
+        spanned  80
+        present  80
+        managed  70
+      nr_free_pages 50
+        protection: (0, 0)
+";
+        let (zi, errors) = parse(text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(zi.nodes.len(), 2);
+        assert_eq!(zi.zones[1].headroom(), Some(-10.0));
+        assert_eq!(
+            zi.zones[1].stats,
+            [Field {
+                name: "nr_free_pages",
+                value: 50.0
+            }]
+        );
+        assert!(has(&zi.zones[1].header, "scanned"));
+        // Two entries in protection but one zone per node: the label is the index.
+        let out = encode_text(&rendered(text));
+        assert!(out.contains("alloc_zone=\"1\""), "{out}");
+        assert!(out.contains("memwatch_zoneinfo_headroom_pages{node=\"1\",zone=\"Normal\"} -10\n"));
+        assert!(out.contains("memwatch_zoneinfo_scanned_pages{node=\"1\",zone=\"Normal\"} 0\n"));
+        assert!(out.contains("memwatch_zoneinfo_node_nr_inactive_anon{node=\"1\"} 11\n"));
+        assert!(!out.contains("batch"), "{out}");
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped() {
+        let text = "\
+stray line before any zone
+Node 0, zone   Normal
+  pages free     x
+        min      5
+        high     7
+        protection: (0, y)
+      nr_free_pages 100
+      nr_free_pages 101
+      what is this
+  start_pfn: z
+Node 0, zone   Normal
+  pages free     1
+Node x, zone   Bad
+Node 1, zone   Ok
+  pages free     3
+        high     1
+";
+        let (zi, errors) = parse(text);
+        assert_eq!(
+            errors,
+            [
+                "stray line before any zone",
+                "  pages free     x",
+                "        protection: (0, y)",
+                "      nr_free_pages 101",
+                "      what is this",
+                "  start_pfn: z",
+                "Node 0, zone   Normal",
+                "Node x, zone   Bad",
+            ]
+        );
+        assert_eq!(zi.zones.len(), 2);
+        assert_eq!(zi.zones[0].free, None);
+        assert_eq!(zi.zones[0].headroom(), None);
+        assert_eq!(zi.zones[1].headroom(), Some(2.0));
+        testutil::check_families(&rendered(text)).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Never panics, and whatever the input, the output is a valid exposition.
+        #[test]
+        fn parse_never_panics(text in testutil::procish_text()) {
+            let fams = rendered(&text);
+            if let Err(e) = testutil::check_families(&fams) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+}
