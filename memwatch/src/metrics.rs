@@ -100,10 +100,380 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 }
 
 /// Encodes families in the Prometheus text exposition format.
+#[cfg(test)]
 pub fn encode_text(families: &[MetricFamily]) -> String {
     let mut buf = String::with_capacity(64 * 1024);
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(families, &mut buf) {
         log::error!("encoding metrics failed: {e}");
     }
     buf
+}
+
+/// A metric type, for [`Text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// The text exposition format written directly into one buffer: the scrape path of the
+/// collectors with hundreds of series, without a protobuf object (and its strings) per
+/// sample. Collectors keep the constant parts (`# HELP`/`# TYPE` lines, `name ` or
+/// `name{labels} ` prefixes) rendered between scrapes.
+///
+/// Each family name is written once per exposition: a second family of the same name is
+/// refused and its samples are dropped, so the output stays valid whatever a collector
+/// does.
+pub struct Text {
+    buf: String,
+    /// FNV-1a hashes of the family names written so far.
+    seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdentityHasher>>,
+    /// The current family was refused: drop its samples.
+    skipping: bool,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self::with_capacity(64 * 1024)
+    }
+}
+
+impl Text {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: String::with_capacity(bytes),
+            seen: std::collections::HashSet::with_capacity_and_hasher(1024, Default::default()),
+            skipping: false,
+        }
+    }
+
+    /// The `# HELP` and `# TYPE` lines of a family, for a collector to keep.
+    pub fn header(name: &str, help: &str, kind: Kind) -> String {
+        let mut s = String::with_capacity(name.len() * 2 + help.len() + 24);
+        s.push_str("# HELP ");
+        s.push_str(name);
+        s.push(' ');
+        for c in help.chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                c => s.push(c),
+            }
+        }
+        s.push_str("\n# TYPE ");
+        s.push_str(name);
+        s.push(' ');
+        s.push_str(kind.as_str());
+        s.push('\n');
+        s
+    }
+
+    /// Appends `{k="v",...}` (values escaped) to `out`; nothing for no labels.
+    pub fn push_labels(out: &mut String, labels: &[(&str, &str)]) {
+        if labels.is_empty() {
+            return;
+        }
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+
+    /// Starts a family with its header lines made by [`Text::header`]. Returns false,
+    /// and drops the samples that follow, when a family of that name was already written.
+    pub fn family_with_header(&mut self, name: &str, header: &str) -> bool {
+        self.skipping = !self.seen.insert(fnv1a(name));
+        if self.skipping {
+            log::warn!("dropping a second metric family named {name}");
+        } else {
+            self.buf.push_str(header);
+        }
+        !self.skipping
+    }
+
+    /// Starts a family.
+    pub fn family(&mut self, name: &str, help: &str, kind: Kind) -> bool {
+        self.family_with_header(name, &Self::header(name, help, kind))
+    }
+
+    /// A sample of the current family whose `name{labels} ` prefix (with the space) the
+    /// caller rendered.
+    pub fn sample_raw(&mut self, prefix: &str, value: f64) {
+        if self.skipping {
+            return;
+        }
+        self.buf.push_str(prefix);
+        push_value(&mut self.buf, value);
+        self.buf.push('\n');
+    }
+
+    /// A sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        if self.skipping {
+            return;
+        }
+        self.buf.push_str(name);
+        Self::push_labels(&mut self.buf, labels);
+        self.buf.push(' ');
+        push_value(&mut self.buf, value);
+        self.buf.push('\n');
+    }
+
+    /// A sample whose labels are already rendered (`{k="v"}`, escaped), between name
+    /// and value.
+    pub fn sample_labels(&mut self, name: &str, labels: &str, value: f64) {
+        if self.skipping {
+            return;
+        }
+        self.buf.push_str(name);
+        self.buf.push_str(labels);
+        self.buf.push(' ');
+        push_value(&mut self.buf, value);
+        self.buf.push('\n');
+    }
+
+    /// Writes families built with [`Family`] (or any protobuf families).
+    pub fn families(&mut self, families: &[MetricFamily]) {
+        let mut labels: Vec<(&str, &str)> = Vec::new();
+        for f in families {
+            let kind = if f.get_field_type() == MetricType::COUNTER {
+                Kind::Counter
+            } else {
+                Kind::Gauge
+            };
+            if !self.family(f.name(), f.help(), kind) {
+                continue;
+            }
+            for m in f.get_metric() {
+                labels.clear();
+                labels.extend(m.get_label().iter().map(|l| (l.name(), l.value())));
+                let v = match kind {
+                    Kind::Counter => m.get_counter().get_value(),
+                    Kind::Gauge => m.get_gauge().get_value(),
+                };
+                self.sample(f.name(), &labels, v);
+            }
+        }
+    }
+
+    /// The exposition so far.
+    #[cfg(test)]
+    pub fn as_str(&self) -> &str {
+        &self.buf
+    }
+
+    pub fn into_string(self) -> String {
+        self.buf
+    }
+}
+
+/// What a collector keeps between scrapes for one unlabelled series: the family name,
+/// its `# HELP`/`# TYPE` lines and the `name ` prefix of its sample.
+pub struct Rendered {
+    key: String,
+    variant: u8,
+    pub name: String,
+    pub header: String,
+    pub prefix: String,
+}
+
+impl Rendered {
+    pub fn new(name: String, help: &str, kind: Kind) -> Self {
+        let header = Text::header(&name, help, kind);
+        let prefix = format!("{name} ");
+        Self {
+            key: String::new(),
+            variant: 0,
+            name,
+            header,
+            prefix,
+        }
+    }
+
+    /// Writes the family with its one sample.
+    pub fn write(&self, out: &mut Text, value: f64) -> bool {
+        let ok = out.family_with_header(&self.name, &self.header);
+        out.sample_raw(&self.prefix, value);
+        ok
+    }
+}
+
+/// Rendered series by position: a /proc file lists its fields in the same order every
+/// time, so the k-th field is found by position and checked by name, without hashing or
+/// allocating; a field that moved is rendered again.
+#[derive(Default)]
+pub struct PositionalCache(Vec<Rendered>);
+
+impl PositionalCache {
+    /// The series of the `k`-th field, `key` (with a `variant`, e.g. a unit), made by
+    /// `make` when not cached at that position.
+    pub fn get(
+        &mut self,
+        k: usize,
+        key: &str,
+        variant: u8,
+        make: impl FnOnce() -> Rendered,
+    ) -> &Rendered {
+        let hit = self
+            .0
+            .get(k)
+            .is_some_and(|r| r.variant == variant && r.key == key);
+        if !hit {
+            let mut r = make();
+            r.key = key.to_string();
+            r.variant = variant;
+            if k < self.0.len() {
+                self.0[k] = r;
+            } else {
+                self.0.push(r);
+            }
+        }
+        let k = k.min(self.0.len() - 1);
+        &self.0[k]
+    }
+}
+
+/// Appends a sample value as the text format spells it: integers without a fraction,
+/// `+Inf`, `-Inf`, `NaN`, and other floats in Rust's shortest round-trip form.
+pub fn push_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        push_int(out, v as i64);
+    } else {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{v:?}");
+    }
+}
+
+/// Appends an integer in decimal.
+pub fn push_int(out: &mut String, v: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    // ASCII digits.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+/// FNV-1a, 64 bits: a fast hash for the short family names.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A hasher for keys that are already hashes.
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values() {
+        let f = |v: f64| {
+            let mut s = String::new();
+            push_value(&mut s, v);
+            s
+        };
+        assert_eq!(f(0.0), "0");
+        assert_eq!(f(-0.0), "0");
+        assert_eq!(f(42.0), "42");
+        assert_eq!(f(-7.0), "-7");
+        assert_eq!(f(0.25), "0.25");
+        assert_eq!(f(0.0061), "0.0061");
+        assert_eq!(f(u64::MAX as f64), "1.8446744073709552e19");
+        assert_eq!(f(f64::NAN), "NaN");
+        assert_eq!(f(f64::INFINITY), "+Inf");
+        assert_eq!(f(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(f(1e-7), "1e-7");
+        assert_eq!(f(i64::MIN as f64), "-9.223372036854776e18");
+    }
+
+    #[test]
+    fn text_escapes_and_refuses_duplicates() {
+        let mut t = Text::default();
+        assert!(t.family("a_total", "line\nback\\slash", Kind::Counter));
+        t.sample("a_total", &[("l", "q\"x\\\n")], 1.0);
+        assert!(t.family("b", "h", Kind::Gauge));
+        t.sample_labels("b", "{x=\"1\"}", 2.5);
+        assert!(!t.family("a_total", "again", Kind::Counter));
+        t.sample("a_total", &[], 9.0);
+        assert_eq!(
+            t.as_str(),
+            "# HELP a_total line\\nback\\\\slash\n# TYPE a_total counter\n\
+             a_total{l=\"q\\\"x\\\\\\n\"} 1\n\
+             # HELP b h\n# TYPE b gauge\nb{x=\"1\"} 2.5\n"
+        );
+    }
+
+    /// Protobuf families come out as the prometheus crate's encoder writes them.
+    #[test]
+    fn families_match_the_crate_encoder() {
+        let mut fams = Vec::new();
+        let mut f = Family::counter("x_total", "X.");
+        f.sample(&[("a", "1"), ("b", "two")], 3.0);
+        f.sample(&[("a", "2"), ("b", "q\"")], 4.5);
+        f.push_to(&mut fams);
+        let mut g = Family::gauge("y", "Y \\ z.");
+        g.sample(&[], 1.0);
+        g.push_to(&mut fams);
+        let mut t = Text::default();
+        t.families(&fams);
+        assert_eq!(t.as_str(), encode_text(&fams));
+    }
 }

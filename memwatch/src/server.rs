@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 use crate::{
     collectors::Registry,
     episodes::{Episode, Tracker},
-    metrics,
 };
 
 /// What the handlers share.
@@ -111,7 +110,7 @@ async fn episodes(
 async fn scrape(State(state): State<AppState>) -> Response {
     let registry = state.registry;
     // Collectors do blocking reads (procfs, map syscalls): keep them off the reactor.
-    match tokio::task::spawn_blocking(move || metrics::encode_text(&registry.gather())).await {
+    match tokio::task::spawn_blocking(move || registry.render()).await {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

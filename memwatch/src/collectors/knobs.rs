@@ -13,10 +13,11 @@ use std::{
     sync::Mutex,
 };
 
-use prometheus::proto::MetricFamily;
-
-use super::{procfs, Collector, ParseErrors};
-use crate::metrics::Family;
+use super::{
+    procfs::{self, ReadBuf},
+    Collector, ParseErrors,
+};
+use crate::metrics::{Kind, Text};
 
 /// A sysctl under /proc/sys/vm: file, metric name, factor to base units, help.
 pub struct Sysctl {
@@ -155,7 +156,7 @@ pub struct Knobs {
 
 #[derive(Default)]
 struct State {
-    buf: Vec<u8>,
+    buf: ReadBuf,
     /// Files already reported absent (logged once).
     absent: Vec<PathBuf>,
 }
@@ -178,7 +179,7 @@ impl Knobs {
 impl State {
     /// Reads `path` into the buffer; `Ok(false)` when this kernel has no such file.
     fn read(&mut self, path: &Path) -> anyhow::Result<bool> {
-        match procfs::read_into(path, &mut self.buf) {
+        match self.buf.read(path) {
             Ok(()) => Ok(true),
             Err(e) if procfs::is_absent(&e) => {
                 if !self.absent.iter().any(|p| p == path) {
@@ -197,18 +198,18 @@ impl Collector for Knobs {
         "knobs"
     }
 
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for s in SYSCTLS {
             let path = self.vm_dir.join(s.file);
             if !state.read(&path)? {
                 continue;
             }
-            match parse_sysctl(&String::from_utf8_lossy(&state.buf)) {
+            match parse_sysctl(&state.buf.text()) {
                 Some(v) => {
-                    let mut f = Family::gauge(s.name, s.help);
-                    f.sample(&[], v * s.scale);
-                    f.push_to(out);
+                    if out.family(s.name, s.help, Kind::Gauge) {
+                        out.sample(s.name, &[], v * s.scale);
+                    }
                 }
                 None => {
                     log::debug!("{}: not one integer", path.display());
@@ -221,14 +222,14 @@ impl Collector for Knobs {
             if !state.read(&path)? {
                 continue;
             }
-            let text = String::from_utf8_lossy(&state.buf);
+            let text = state.buf.text();
             match parse_choice(&text) {
                 Some(opts) => {
-                    let mut f = Family::gauge(*name, *help);
-                    for (mode, selected) in opts {
-                        f.sample(&[("mode", mode)], if selected { 1.0 } else { 0.0 });
+                    if out.family(name, help, Kind::Gauge) {
+                        for (mode, selected) in opts {
+                            out.sample(name, &[("mode", mode)], if selected { 1.0 } else { 0.0 });
+                        }
                     }
-                    f.push_to(out);
                 }
                 None => {
                     log::debug!("{}: not a choice list: {text:?}", path.display());
@@ -243,7 +244,7 @@ impl Collector for Knobs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collectors::testutil, metrics::encode_text};
+    use crate::collectors::testutil;
 
     #[test]
     fn parses_sysctls_and_choices() {
@@ -292,10 +293,10 @@ mod tests {
         );
         let errors = ParseErrors::default();
         let c = Knobs::new(proc_dir.path(), sys_dir.path(), errors.clone());
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        testutil::check_families(&out).unwrap();
-        let text = encode_text(&out);
+        let mut out = Text::default();
+        c.write_text(&mut out).unwrap();
+        let text = out.into_string();
+        testutil::check_exposition(&text).unwrap();
         for want in [
             "memwatch_sysctl_vm_dirty_ratio 0.2\n",
             "memwatch_sysctl_vm_dirty_background_ratio 0.1\n",

@@ -6,16 +6,17 @@
 //! `memwatch_meminfo_huge_pages_free_pages`. The HELP text keeps the kernel's spelling.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use anyhow::Context as _;
-use prometheus::proto::MetricFamily;
 
-use super::{procfs, Collector, ParseErrors};
-use crate::metrics::Family;
+use super::{
+    procfs::{self, ReadBuf},
+    Collector, ParseErrors,
+};
+use crate::metrics::{Kind, PositionalCache, Rendered, Text};
 
 /// One parsed line of /proc/meminfo.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,15 +89,8 @@ fn parse_line(line: &str) -> Option<Entry<'_>> {
 pub struct Meminfo {
     path: PathBuf,
     errors: ParseErrors,
-    /// The file buffer and, per field, its name and help, kept between scrapes.
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    buf: Vec<u8>,
-    /// field -> (in bytes?, name, help)
-    names: HashMap<String, (bool, String, String)>,
+    /// The file buffer and the rendered names, kept between scrapes.
+    state: Mutex<(ReadBuf, PositionalCache)>,
 }
 
 impl Meminfo {
@@ -114,35 +108,36 @@ impl Collector for Meminfo {
         "meminfo"
     }
 
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { buf, names } = &mut *state;
-        procfs::read_into(&self.path, buf)
+        let (buf, cache) = &mut *state;
+        buf.read(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        let text = String::from_utf8_lossy(buf);
-        let (entries, errors) = parse(&text);
-        for bad in &errors {
-            log::debug!("{}: skipping malformed line {bad:?}", self.path.display());
-        }
-        self.errors.add(errors.len() as u64);
-        for e in entries {
+        let text = buf.text();
+        let mut errors = 0;
+        let mut k = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Some(e) = parse_line(line) else {
+                log::debug!("{}: skipping malformed line {line:?}", self.path.display());
+                errors += 1;
+                continue;
+            };
             let bytes = e.unit.is_some();
-            if names.get(e.field).is_none_or(|n| n.0 != bytes) {
+            let r = cache.get(k, e.field, u8::from(bytes), || {
                 let help = if bytes {
                     format!("/proc/meminfo field {}, in bytes.", e.field)
                 } else {
                     format!("/proc/meminfo field {}.", e.field)
                 };
-                names.insert(
-                    e.field.to_string(),
-                    (bytes, metric_name(e.field, bytes), help),
-                );
+                Rendered::new(metric_name(e.field, bytes), &help, Kind::Gauge)
+            });
+            k += 1;
+            // A field twice (or two spelling the same name): the first one stays.
+            if !r.write(out, e.value as f64) {
+                errors += 1;
             }
-            let (_, name, help) = &names[e.field];
-            let mut f = Family::gauge(name.as_str(), help.as_str());
-            f.sample(&[], e.value as f64);
-            f.push_to(out);
         }
+        self.errors.add(errors);
         Ok(())
     }
 }
@@ -215,19 +210,20 @@ mod tests {
         dir.write("meminfo", "MemTotal: 10 kB\nbad line\nHugePages_Free: 2\n");
         let errors = ParseErrors::default();
         let c = Meminfo::new(dir.path(), errors.clone());
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        c.collect(&mut Vec::new()).unwrap();
+        let mut out = Text::default();
+        c.write_text(&mut out).unwrap();
+        c.write_text(&mut Text::default()).unwrap();
         assert_eq!(errors.get(), 2);
-        let names: Vec<_> = out.iter().map(|f| f.name().to_string()).collect();
+        testutil::check_exposition(out.as_str()).unwrap();
         assert_eq!(
-            names,
-            [
-                "memwatch_meminfo_mem_total_bytes",
-                "memwatch_meminfo_huge_pages_free_pages"
-            ]
+            out.as_str(),
+            "# HELP memwatch_meminfo_mem_total_bytes /proc/meminfo field MemTotal, in bytes.\n\
+             # TYPE memwatch_meminfo_mem_total_bytes gauge\n\
+             memwatch_meminfo_mem_total_bytes 10240\n\
+             # HELP memwatch_meminfo_huge_pages_free_pages /proc/meminfo field HugePages_Free.\n\
+             # TYPE memwatch_meminfo_huge_pages_free_pages gauge\n\
+             memwatch_meminfo_huge_pages_free_pages 2\n"
         );
-        assert_eq!(out[0].get_metric()[0].get_gauge().get_value(), 10240.0);
     }
 
     proptest::proptest! {

@@ -25,14 +25,27 @@ use std::{
 
 use prometheus::proto::MetricFamily;
 
-use crate::metrics::Family;
+use crate::metrics::{Kind, Text};
 
-/// One source of metrics.
+/// One source of metrics. Implement `collect` (families built with `metrics::Family`:
+/// simple, for a handful of series) or `write_text` (the text format written directly,
+/// with names and headers kept between scrapes: for sources with hundreds of series).
 pub trait Collector: Send + Sync {
     /// Short name, used as the `collector` label.
     fn name(&self) -> &'static str;
     /// Appends this source's families to `out`. An error fails this collector only.
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()>;
+    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let _ = out;
+        Ok(())
+    }
+    /// Writes this source's families in the text format. The default writes what
+    /// `collect` appended (also when it then failed).
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
+        let mut families = Vec::new();
+        let result = self.collect(&mut families);
+        out.families(&families);
+        result
+    }
 }
 
 /// Registers the collectors of the kernel's own accounting (/proc and /sys) that the
@@ -100,6 +113,8 @@ impl ParseErrors {
 pub struct Registry {
     collectors: Vec<Box<dyn Collector>>,
     parse_errors: Vec<(&'static str, ParseErrors)>,
+    /// The size of the last exposition, to size the next one's buffer.
+    size_hint: std::sync::atomic::AtomicUsize,
 }
 
 impl Registry {
@@ -119,47 +134,57 @@ impl Registry {
     }
 
     /// Runs every collector; one that fails is logged and reported, the rest go on.
-    pub fn gather(&self) -> Vec<MetricFamily> {
-        let mut out = Vec::with_capacity(256);
-        let mut duration = Family::gauge(
-            "memwatch_scrape_collector_duration_seconds",
-            "Time a collector took during this scrape.",
-        );
-        let mut success = Family::gauge(
-            "memwatch_scrape_collector_success",
-            "Whether a collector succeeded during this scrape (1) or failed (0).",
-        );
+    /// Runs every collector and returns the exposition in the text format; one that
+    /// fails is logged and reported, the rest go on.
+    pub fn render(&self) -> String {
+        let hint = self.size_hint.load(Ordering::Relaxed);
+        let mut text = Text::with_capacity(hint + hint / 8 + 4096);
+        let mut results = Vec::with_capacity(self.collectors.len());
         for c in &self.collectors {
             let start = Instant::now();
-            let ok = match c.collect(&mut out) {
+            let ok = match c.write_text(&mut text) {
                 Ok(()) => true,
                 Err(e) => {
                     log::warn!("collector {} failed: {e:#}", c.name());
                     false
                 }
             };
-            duration.sample(&[("collector", c.name())], start.elapsed().as_secs_f64());
-            success.sample(&[("collector", c.name())], if ok { 1.0 } else { 0.0 });
+            results.push((c.name(), start.elapsed().as_secs_f64(), ok));
         }
-        duration.push_to(&mut out);
-        success.push_to(&mut out);
-        let mut errors = Family::counter(
-            "memwatch_parse_errors_total",
-            "Lines of a kernel file that could not be parsed and were skipped.",
-        );
-        for (source, c) in &self.parse_errors {
-            errors.sample(&[("source", source)], c.get() as f64);
-        }
-        errors.push_to(&mut out);
-        out.sort_by(|a, b| a.name().cmp(b.name()));
-        // A name twice would make the whole exposition invalid: keep the first.
-        out.dedup_by(|b, a| {
-            let dup = a.name() == b.name();
-            if dup {
-                log::warn!("dropping a second metric family named {}", b.name());
+        const DURATION: &str = "memwatch_scrape_collector_duration_seconds";
+        if text.family(
+            DURATION,
+            "Time a collector took during this scrape.",
+            Kind::Gauge,
+        ) {
+            for (name, secs, _) in &results {
+                text.sample(DURATION, &[("collector", name)], *secs);
             }
-            dup
-        });
+        }
+        const SUCCESS: &str = "memwatch_scrape_collector_success";
+        if text.family(
+            SUCCESS,
+            "Whether a collector succeeded during this scrape (1) or failed (0).",
+            Kind::Gauge,
+        ) {
+            for (name, _, ok) in &results {
+                text.sample(SUCCESS, &[("collector", name)], if *ok { 1.0 } else { 0.0 });
+            }
+        }
+        const ERRORS: &str = "memwatch_parse_errors_total";
+        if !self.parse_errors.is_empty()
+            && text.family(
+                ERRORS,
+                "Lines of a kernel file that could not be parsed and were skipped.",
+                Kind::Counter,
+            )
+        {
+            for (source, c) in &self.parse_errors {
+                text.sample(ERRORS, &[("source", source)], c.get() as f64);
+            }
+        }
+        let out = text.into_string();
+        self.size_hint.store(out.len(), Ordering::Relaxed);
         out
     }
 }
@@ -177,7 +202,7 @@ mod tests {
         fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
             self.2.add(self.3);
             for (name, v) in &self.1 {
-                let mut f = Family::gauge(*name, "test");
+                let mut f = crate::metrics::Family::gauge(*name, "test");
                 f.sample(&[], *v);
                 f.push_to(out);
             }
@@ -200,9 +225,8 @@ mod tests {
         r.register(Box::new(Fixed("one", vec![("memwatch_x", 1.0)], a, 2)));
         r.register(Box::new(Fixed("two", vec![("memwatch_x", 2.0)], a2, 3)));
         r.register(Box::new(Fixed("failing", vec![("memwatch_y", 3.0)], b, 0)));
-        let fams = r.gather();
-        testutil::check_families(&fams).unwrap();
-        let text = crate::metrics::encode_text(&fams);
+        let text = r.render();
+        testutil::check_exposition(&text).unwrap();
         assert_eq!(
             text.matches("# TYPE memwatch_parse_errors_total").count(),
             1
@@ -232,7 +256,6 @@ pub mod testutil {
         path::{Path, PathBuf},
     };
 
-    use prometheus::proto::MetricFamily;
     use proptest::prelude::*;
 
     pub fn fixture_dir() -> PathBuf {
@@ -284,61 +307,123 @@ pub mod testutil {
                 .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
     }
 
-    /// What makes an exposition valid: each family name once, valid names, each label
-    /// set once within a family, counters named `_total` and gauges not.
-    pub fn check_families(fams: &[MetricFamily]) -> Result<(), String> {
+    /// Checks a text exposition the way Prometheus reads it and `promtool check
+    /// metrics` lints it: `# HELP` then `# TYPE` then the samples of each family, every
+    /// family name once, samples named as their family, each label set once per family,
+    /// parseable values; snake_case names without abbreviated units, counters ending in
+    /// `_total` and gauges in no reserved suffix, a help text for each.
+    pub fn check_exposition(text: &str) -> Result<(), String> {
         let mut names = HashSet::new();
-        for f in fams {
-            let name = f.name();
-            if !valid_metric_name(name) {
-                return Err(format!("invalid name {name:?}"));
-            }
-            if !names.insert(name.to_string()) {
-                return Err(format!("family {name} twice"));
-            }
-            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
-            if counter != name.ends_with("_total") {
-                return Err(format!("{name}: type and _total suffix disagree"));
-            }
-            // What `promtool check metrics` lints.
-            if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                return Err(format!("{name}: not snake_case"));
-            }
-            if name
-                .split('_')
-                .any(|w| super::procfs::UNIT_ABBREVIATIONS.contains(&w))
-            {
-                return Err(format!("{name}: abbreviated unit"));
-            }
-            if !counter
-                && super::procfs::RESERVED_SUFFIXES
-                    .iter()
-                    .any(|s| name.ends_with(s))
-            {
-                return Err(format!("{name}: reserved suffix on a gauge"));
-            }
-            if f.help().is_empty() {
-                return Err(format!("{name}: no help"));
-            }
-            let mut sets = HashSet::new();
-            for m in f.get_metric() {
-                let labels: Vec<(String, String)> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| (l.name().to_string(), l.value().to_string()))
-                    .collect();
-                if labels
-                    .iter()
-                    .any(|(n, _)| !valid_metric_name(n) || n.contains(':'))
-                {
-                    return Err(format!("{name}: bad label name in {labels:?}"));
+        let mut current: Option<(String, bool)> = None;
+        let mut series = HashSet::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').ok_or(format!("bad HELP: {line}"))?;
+                if help.is_empty() {
+                    return Err(format!("{name}: no help"));
                 }
-                if !sets.insert(labels.clone()) {
-                    return Err(format!("{name}: series {labels:?} twice"));
+                if !names.insert(name.to_string()) {
+                    return Err(format!("family {name} twice"));
                 }
+                let ty = lines.next().ok_or(format!("{name}: no TYPE"))?;
+                let counter = match ty.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')) {
+                    Some((n, "counter")) if n == name => true,
+                    Some((n, "gauge")) if n == name => false,
+                    _ => return Err(format!("{name}: bad TYPE line {ty:?}")),
+                };
+                lint_name(name, counter)?;
+                current = Some((name.to_string(), counter));
+                series.clear();
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                return Err(format!("unexpected line {line:?}"));
+            }
+            let Some((family, _)) = &current else {
+                return Err(format!("sample before any family: {line}"));
+            };
+            let (series_part, value) = line.rsplit_once(' ').ok_or(format!("bad sample {line}"))?;
+            if !(value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value)) {
+                return Err(format!("bad value in {line}"));
+            }
+            let (name, labels) = match series_part.split_once('{') {
+                None => (series_part, ""),
+                Some((n, l)) => (n, l.strip_suffix('}').ok_or(format!("bad labels {line}"))?),
+            };
+            if name != family {
+                return Err(format!("sample {name} inside family {family}"));
+            }
+            let parsed = parse_labels(labels).ok_or(format!("bad labels in {line}"))?;
+            if !series.insert(parsed) {
+                return Err(format!("series twice: {line}"));
             }
         }
         Ok(())
+    }
+
+    fn lint_name(name: &str, counter: bool) -> Result<(), String> {
+        if !valid_metric_name(name) || name.contains(':') {
+            return Err(format!("invalid name {name:?}"));
+        }
+        if counter != name.ends_with("_total") {
+            return Err(format!("{name}: type and _total suffix disagree"));
+        }
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!("{name}: not snake_case"));
+        }
+        if name
+            .split('_')
+            .any(|w| super::procfs::UNIT_ABBREVIATIONS.contains(&w))
+        {
+            return Err(format!("{name}: abbreviated unit"));
+        }
+        if !counter
+            && super::procfs::RESERVED_SUFFIXES
+                .iter()
+                .any(|s| name.ends_with(s))
+        {
+            return Err(format!("{name}: reserved suffix on a gauge"));
+        }
+        Ok(())
+    }
+
+    /// `a="x",b="y\"z"` into sorted pairs; `None` when malformed or a name repeats.
+    fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let (k, after) = rest.split_once("=\"")?;
+            if !valid_metric_name(k) || k.contains(':') {
+                return None;
+            }
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        _ => return None,
+                    },
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    '\n' => return None,
+                    c => value.push(c),
+                }
+            }
+            rest = &after[end?..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+            out.push((k.to_string(), value));
+        }
+        out.sort();
+        let n = out.len();
+        out.dedup_by(|a, b| a.0 == b.0);
+        (out.len() == n).then_some(out)
     }
 
     /// A temporary directory standing in for /proc or /sys, removed on drop.

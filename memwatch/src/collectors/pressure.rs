@@ -15,10 +15,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use prometheus::proto::MetricFamily;
 
-use super::{procfs, Collector, ParseErrors};
-use crate::metrics::Family;
+use super::{
+    procfs::{self, ReadBuf},
+    Collector, ParseErrors,
+};
+use crate::metrics::{Kind, Text};
 
 /// The resources read, as the file names under /proc/pressure.
 pub const RESOURCES: &[&str] = &["memory", "io"];
@@ -94,7 +96,8 @@ pub struct Pressure {
 
 #[derive(Default)]
 struct State {
-    buf: Vec<u8>,
+    /// One buffer per resource.
+    bufs: [ReadBuf; RESOURCES.len()],
     /// Whether "no PSI here" was already logged (once per run, not per scrape).
     absent_logged: bool,
 }
@@ -109,60 +112,91 @@ impl Pressure {
     }
 }
 
+const TOTAL: &str = "memwatch_pressure_stall_seconds_total";
+const RATIO: &str = "memwatch_pressure_stall_ratio";
+
 impl Collector for Pressure {
     fn name(&self) -> &'static str {
         "pressure"
     }
 
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = Family::counter(
-            "memwatch_pressure_stall_seconds_total",
-            "Time tasks were stalled on a resource (PSI total): kind=some, at least one \
-             task; kind=full, all non-idle tasks.",
-        );
-        let mut ratio = Family::gauge(
-            "memwatch_pressure_stall_ratio",
-            "Share of wall time tasks were stalled on a resource (PSI avg10/avg60/avg300 \
-             divided by 100), over the window.",
-        );
-        for resource in RESOURCES {
+        let State {
+            bufs,
+            absent_logged,
+        } = &mut *state;
+        let mut present = [false; RESOURCES.len()];
+        for (i, resource) in RESOURCES.iter().enumerate() {
             let path = self.dir.join(resource);
-            if let Err(e) = procfs::read_into(&path, &mut state.buf) {
-                if procfs::is_absent(&e) {
-                    if !state.absent_logged {
+            match bufs[i].read(&path) {
+                Ok(()) => present[i] = true,
+                Err(e) if procfs::is_absent(&e) => {
+                    if !*absent_logged {
                         log::debug!(
                             "{}: {e}: no pressure stall information on this kernel \
                              (CONFIG_PSI off or booted with psi=0); its metrics are absent",
                             path.display()
                         );
-                        state.absent_logged = true;
+                        *absent_logged = true;
                     }
-                    continue;
                 }
-                return Err(e).with_context(|| format!("reading {}", path.display()));
-            }
-            let text = String::from_utf8_lossy(&state.buf);
-            let (lines, errors) = parse(&text);
-            for bad in &errors {
-                log::debug!("{}: skipping malformed line {bad:?}", path.display());
-            }
-            self.errors.add(errors.len() as u64);
-            for l in lines {
-                total.sample(
-                    &[("resource", resource), ("kind", l.kind)],
-                    l.total_us as f64 / 1e6,
-                );
-                for (window, v) in [("10s", l.avg10), ("60s", l.avg60), ("300s", l.avg300)] {
-                    ratio.sample(
-                        &[("resource", resource), ("kind", l.kind), ("window", window)],
-                        v / 100.0,
-                    );
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", path.display()));
                 }
             }
         }
-        total.push_to(out);
-        ratio.push_to(out);
+        let texts: Vec<_> = bufs.iter().map(|b| b.text()).collect();
+        let mut parsed = Vec::with_capacity(RESOURCES.len());
+        for (i, resource) in RESOURCES.iter().enumerate() {
+            if !present[i] {
+                continue;
+            }
+            let (lines, errors) = parse(&texts[i]);
+            for bad in &errors {
+                log::debug!(
+                    "{}/{resource}: skipping malformed line {bad:?}",
+                    self.dir.display()
+                );
+            }
+            self.errors.add(errors.len() as u64);
+            parsed.push((*resource, lines));
+        }
+        if parsed.iter().all(|(_, lines)| lines.is_empty()) {
+            return Ok(());
+        }
+        if out.family(
+            TOTAL,
+            "Time tasks were stalled on a resource (PSI total): kind=some, at least one \
+             task; kind=full, all non-idle tasks.",
+            Kind::Counter,
+        ) {
+            for (resource, lines) in &parsed {
+                for l in lines {
+                    let labels = [("resource", *resource), ("kind", l.kind)];
+                    out.sample(TOTAL, &labels, l.total_us as f64 / 1e6);
+                }
+            }
+        }
+        if out.family(
+            RATIO,
+            "Share of wall time tasks were stalled on a resource (PSI avg10/avg60/avg300 \
+             divided by 100), over the window.",
+            Kind::Gauge,
+        ) {
+            for (resource, lines) in &parsed {
+                for l in lines {
+                    for (window, v) in [("10s", l.avg10), ("60s", l.avg60), ("300s", l.avg300)] {
+                        let labels = [
+                            ("resource", *resource),
+                            ("kind", l.kind),
+                            ("window", window),
+                        ];
+                        out.sample(RATIO, &labels, v / 100.0);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -170,7 +204,7 @@ impl Collector for Pressure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collectors::testutil, metrics::encode_text};
+    use crate::collectors::testutil;
 
     #[test]
     fn fixtures_match_golden() {
@@ -243,14 +277,14 @@ mod tests {
         );
         let errors = ParseErrors::default();
         let c = Pressure::new(dir.path(), errors.clone());
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        testutil::check_families(&out).unwrap();
-        let text = encode_text(&out);
+        let mut out = Text::default();
+        c.write_text(&mut out).unwrap();
+        let text = out.into_string();
+        testutil::check_exposition(&text).unwrap();
         for want in [
             "memwatch_pressure_stall_seconds_total{resource=\"memory\",kind=\"some\"} 2.5\n",
             "memwatch_pressure_stall_seconds_total{resource=\"memory\",kind=\"full\"} 1\n",
-            "memwatch_pressure_stall_seconds_total{resource=\"io\",kind=\"some\"} 0.000003\n",
+            "memwatch_pressure_stall_seconds_total{resource=\"io\",kind=\"some\"} 3e-6\n",
             "memwatch_pressure_stall_ratio{resource=\"memory\",kind=\"some\",window=\"10s\"} 0.015\n",
             "memwatch_pressure_stall_ratio{resource=\"memory\",kind=\"some\",window=\"60s\"} 0.0025\n",
         ] {
@@ -260,9 +294,9 @@ mod tests {
 
         let empty = testutil::TempDir::new("nopsi");
         let c = Pressure::new(empty.path(), ParseErrors::default());
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        assert!(out.is_empty());
+        let mut out = Text::default();
+        c.write_text(&mut out).unwrap();
+        assert!(out.as_str().is_empty());
     }
 
     proptest::proptest! {

@@ -16,10 +16,14 @@ use std::{
     sync::Mutex,
 };
 
-use prometheus::proto::MetricFamily;
-
-use super::{procfs, Collector, ParseErrors};
-use crate::{config, metrics::Family};
+use super::{
+    procfs::{self, ReadBuf},
+    Collector, ParseErrors,
+};
+use crate::{
+    config,
+    metrics::{Kind, Text},
+};
 
 /// `*` matches any run of bytes (including none); every other byte matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -128,9 +132,18 @@ pub struct Processes {
 
 #[derive(Default)]
 struct State {
-    buf: Vec<u8>,
-    /// smaps field -> (name, help), built once per field.
+    buf: ReadBuf,
+    /// smaps field -> (name, `# HELP`/`# TYPE` lines), built once per field.
     names: HashMap<String, (String, String)>,
+}
+
+/// What one watched process gave this scrape.
+struct Watched {
+    /// `{pid="..",comm=".."}`
+    labels: String,
+    minflt: u64,
+    majflt: u64,
+    smaps: String,
 }
 
 impl Processes {
@@ -150,7 +163,7 @@ impl Processes {
     }
 
     /// The pids to watch, sorted, and how many matched beyond the limit.
-    fn select(&self, buf: &mut Vec<u8>) -> (Vec<u32>, usize) {
+    fn select(&self, buf: &mut ReadBuf) -> (Vec<u32>, usize) {
         let mut pids: Vec<u32> = Vec::new();
         if self.cfg.comm.is_empty() && self.cfg.cgroups.is_empty() {
             pids.extend(&self.cfg.pids);
@@ -175,26 +188,76 @@ impl Processes {
         (pids, over)
     }
 
-    fn matches(&self, pid: u32, buf: &mut Vec<u8>) -> bool {
+    fn matches(&self, pid: u32, buf: &mut ReadBuf) -> bool {
         if self.cfg.pids.contains(&pid) {
             return true;
         }
         let base = self.proc_root.join(pid.to_string());
-        if !self.cfg.comm.is_empty() && procfs::read_into(&base.join("comm"), buf).is_ok() {
-            let comm = String::from_utf8_lossy(buf);
-            let comm = comm.trim_end_matches('\n');
+        if !self.cfg.comm.is_empty() && buf.read(&base.join("comm")).is_ok() {
+            let text = buf.text();
+            let comm = text.trim_end_matches('\n');
             if self.cfg.comm.iter().any(|p| glob_match(p, comm)) {
                 return true;
             }
         }
-        if !self.cfg.cgroups.is_empty() && procfs::read_into(&base.join("cgroup"), buf).is_ok() {
-            let text = String::from_utf8_lossy(buf);
+        if !self.cfg.cgroups.is_empty() && buf.read(&base.join("cgroup")).is_ok() {
+            let text = buf.text();
             if self.cfg.cgroups.iter().any(|c| in_cgroup(&text, c)) {
                 return true;
             }
         }
         false
     }
+
+    /// Reads one process; `None` when it is gone or unreadable.
+    fn read(&self, pid: u32, buf: &mut ReadBuf) -> Option<Watched> {
+        let base = self.proc_root.join(pid.to_string());
+        // stat first: it names the process; a process gone by now is skipped.
+        buf.read(&base.join("stat")).ok()?;
+        let text = buf.text();
+        let Some(stat) = parse_stat(&text) else {
+            log::debug!("{}/stat: malformed: {text:?}", base.display());
+            self.stat_errors.add(1);
+            return None;
+        };
+        let mut labels = String::with_capacity(40);
+        Text::push_labels(
+            &mut labels,
+            &[("pid", &pid.to_string()), ("comm", stat.comm)],
+        );
+        let (minflt, majflt) = (stat.minflt, stat.majflt);
+        drop(text);
+        if let Err(e) = buf.read(&base.join("smaps_rollup")) {
+            log::debug!("{}/smaps_rollup: {e}; skipping the process", base.display());
+            return None;
+        }
+        Some(Watched {
+            labels,
+            minflt,
+            majflt,
+            smaps: buf.text().into_owned(),
+        })
+    }
+}
+
+const MINFLT: &str = "memwatch_process_minor_faults_total";
+const MAJFLT: &str = "memwatch_process_major_faults_total";
+const WATCHED: &str = "memwatch_watched_processes";
+const OVER: &str = "memwatch_watched_processes_over_limit";
+
+/// The name and header lines of an smaps_rollup field.
+fn smaps_name(field: &str, bytes: bool) -> (String, String) {
+    let mut name = String::from("memwatch_process_smaps_");
+    procfs::push_snake(&mut name, field);
+    let help = if bytes {
+        name.push_str("_bytes");
+        format!("/proc/PID/smaps_rollup field {field} of a watched process, in bytes.")
+    } else {
+        format!("/proc/PID/smaps_rollup field {field} of a watched process.")
+    };
+    procfs::lint_fix(&mut name, false);
+    let header = Text::header(&name, &help, Kind::Gauge);
+    (name, header)
 }
 
 impl Collector for Processes {
@@ -202,104 +265,80 @@ impl Collector for Processes {
         "processes"
     }
 
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let State { buf, names } = &mut *state;
         let (pids, over) = self.select(buf);
-        let mut minflt = Family::counter(
-            "memwatch_process_minor_faults_total",
-            "Minor page faults of a watched process (/proc/PID/stat minflt).",
-        );
-        let mut majflt = Family::counter(
-            "memwatch_process_major_faults_total",
-            "Major page faults of a watched process (/proc/PID/stat majflt).",
-        );
-        // smaps families in first-seen order, with the last pid each one got.
-        let mut smaps: Vec<(String, Family, Option<u32>)> = Vec::new();
-        let mut watched = 0u64;
-        let mut stat_buf = Vec::new();
-        for pid in pids {
-            let base = self.proc_root.join(pid.to_string());
-            // stat first: it names the process; a process gone by now is skipped.
-            if procfs::read_into(&base.join("stat"), &mut stat_buf).is_err() {
-                continue;
+        let watched: Vec<Watched> = pids.into_iter().filter_map(|p| self.read(p, buf)).collect();
+
+        if !watched.is_empty() {
+            if out.family(
+                MINFLT,
+                "Minor page faults of a watched process (/proc/PID/stat minflt).",
+                Kind::Counter,
+            ) {
+                for w in &watched {
+                    out.sample_labels(MINFLT, &w.labels, w.minflt as f64);
+                }
             }
-            let stat_text = String::from_utf8_lossy(&stat_buf);
-            let Some(stat) = parse_stat(&stat_text) else {
-                log::debug!("{}/stat: malformed: {stat_text:?}", base.display());
-                self.stat_errors.add(1);
-                continue;
-            };
-            if let Err(e) = procfs::read_into(&base.join("smaps_rollup"), buf) {
-                log::debug!("{}/smaps_rollup: {e}; skipping the process", base.display());
-                continue;
+            if out.family(
+                MAJFLT,
+                "Major page faults of a watched process (/proc/PID/stat majflt).",
+                Kind::Counter,
+            ) {
+                for w in &watched {
+                    out.sample_labels(MAJFLT, &w.labels, w.majflt as f64);
+                }
             }
-            watched += 1;
-            let pid_s = pid.to_string();
-            let labels = [("pid", pid_s.as_str()), ("comm", stat.comm)];
-            minflt.sample(&labels, stat.minflt as f64);
-            majflt.sample(&labels, stat.majflt as f64);
-            let text = String::from_utf8_lossy(buf);
-            let (fields, errors) = parse_smaps_rollup(&text);
+        }
+        let mut parsed = Vec::with_capacity(watched.len());
+        for w in &watched {
+            let (fields, errors) = parse_smaps_rollup(&w.smaps);
             for bad in &errors {
-                log::debug!("{}/smaps_rollup: skipping {bad:?}", base.display());
+                log::debug!("smaps_rollup of {}: skipping {bad:?}", w.labels);
             }
             self.smaps_errors.add(errors.len() as u64);
-            for f in fields {
-                if !names.contains_key(f.field) {
-                    let mut name = String::from("memwatch_process_smaps_");
-                    procfs::push_snake(&mut name, f.field);
-                    let help = if f.bytes {
-                        name.push_str("_bytes");
-                        format!(
-                            "/proc/PID/smaps_rollup field {} of a watched process, in bytes.",
-                            f.field
-                        )
-                    } else {
-                        format!(
-                            "/proc/PID/smaps_rollup field {} of a watched process.",
-                            f.field
-                        )
-                    };
-                    procfs::lint_fix(&mut name, false);
-                    names.insert(f.field.to_string(), (name, help));
+            parsed.push(fields);
+        }
+        // One family per field, in first-seen order.
+        let mut fields: Vec<(&str, bool)> = Vec::new();
+        for p in &parsed {
+            for f in p {
+                if !fields.iter().any(|(n, _)| *n == f.field) {
+                    fields.push((f.field, f.bytes));
                 }
-                let (name, help) = &names[f.field];
-                let i = match smaps.iter().position(|(n, _, _)| n == name) {
-                    Some(i) => i,
-                    None => {
-                        let fam = Family::gauge(name.as_str(), help.as_str());
-                        smaps.push((name.clone(), fam, None));
-                        smaps.len() - 1
-                    }
-                };
-                // Two fields that spell the same name: keep the first.
-                if smaps[i].2 == Some(pid) {
-                    self.smaps_errors.add(1);
-                    continue;
-                }
-                smaps[i].2 = Some(pid);
-                smaps[i].1.sample(&labels, f.value as f64);
             }
         }
-        minflt.push_to(out);
-        majflt.push_to(out);
-        for (_, f, _) in smaps {
-            f.push_to(out);
+        for (field, bytes) in fields {
+            if !names.contains_key(field) {
+                names.insert(field.to_string(), smaps_name(field, bytes));
+            }
+            let (name, header) = &names[field];
+            if !out.family_with_header(name, header) {
+                self.smaps_errors.add(1);
+                continue;
+            }
+            for (w, p) in watched.iter().zip(&parsed) {
+                if let Some(f) = p.iter().find(|f| f.field == field) {
+                    out.sample_labels(name, &w.labels, f.value as f64);
+                }
+            }
         }
-        let mut n = Family::gauge(
-            "memwatch_watched_processes",
+        if out.family(
+            WATCHED,
             "Processes matched by the [processes] config and exported this scrape.",
-        );
-        n.sample(&[], watched as f64);
-        n.push_to(out);
-        let mut o = Family::gauge(
-            "memwatch_watched_processes_over_limit",
+            Kind::Gauge,
+        ) {
+            out.sample(WATCHED, &[], watched.len() as f64);
+        }
+        if out.family(
+            OVER,
             "Processes that matched the [processes] config but were not exported because \
              processes.max_processes was reached.",
-        );
-        o.sample(&[], over as f64);
-        o.push_to(out);
+            Kind::Gauge,
+        ) {
+            out.sample(OVER, &[], over as f64);
+        }
         Ok(())
     }
 }
@@ -307,7 +346,15 @@ impl Collector for Processes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collectors::testutil, metrics::encode_text};
+    use crate::collectors::testutil;
+
+    fn run(c: &Processes) -> String {
+        let mut out = Text::default();
+        c.write_text(&mut out).unwrap();
+        let text = out.into_string();
+        testutil::check_exposition(&text).unwrap();
+        text
+    }
 
     #[test]
     fn globs() {
@@ -400,10 +447,7 @@ mod tests {
             ParseErrors::default(),
             ParseErrors::default(),
         );
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        testutil::check_families(&out).unwrap();
-        let text = encode_text(&out);
+        let text = run(&c);
         for want in [
             "memwatch_process_minor_faults_total{pid=\"10\",comm=\"redis-server\"} 1000\n",
             "memwatch_process_major_faults_total{pid=\"30\",comm=\"redis-rdb-bgsav\"} 30\n",
@@ -430,9 +474,7 @@ mod tests {
             ParseErrors::default(),
             ParseErrors::default(),
         );
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        let text = encode_text(&out);
+        let text = run(&c);
         assert!(text.contains("comm=\"bash\""), "{text}");
         assert!(!text.contains("redis"), "{text}");
         assert!(
@@ -452,9 +494,7 @@ mod tests {
             ParseErrors::default(),
             ParseErrors::default(),
         );
-        let mut out = Vec::new();
-        c.collect(&mut out).unwrap();
-        assert!(encode_text(&out).contains("memwatch_watched_processes 3\n"));
+        assert!(run(&c).contains("memwatch_watched_processes 3\n"));
     }
 
     proptest::proptest! {

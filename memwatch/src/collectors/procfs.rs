@@ -4,34 +4,46 @@
 
 use std::{fs::File, io, io::Read as _, path::Path};
 
-/// Reads a whole file into `buf` (cleared first), reusing its allocation. A /proc file
-/// smaller than the buffer comes in one `read` call, so the kernel renders it once.
-pub fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    if buf.capacity() < 16 * 1024 {
-        buf.reserve(16 * 1024);
+/// A file buffer kept between scrapes: zeroed once, grown when a file is bigger, and
+/// read into directly. A /proc file smaller than the buffer comes in one `read` call
+/// (plus the one that sees the end), so the kernel renders it once.
+#[derive(Default)]
+pub struct ReadBuf {
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl ReadBuf {
+    /// Reads the whole file at `path`, replacing what the buffer held.
+    pub fn read(&mut self, path: &Path) -> io::Result<()> {
+        self.len = 0;
+        let mut f = File::open(path)?;
+        loop {
+            if self.len == self.data.len() {
+                let grow = self.data.len().max(16 * 1024);
+                self.data.resize(self.data.len() + grow, 0);
+            }
+            match f.read(&mut self.data[self.len..]) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.len = 0;
+                    return Err(e);
+                }
+            }
+        }
     }
-    let mut f = File::open(path)?;
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
-        }
-        let spare = buf.capacity() - buf.len();
-        let start = buf.len();
-        // Read straight into the spare capacity.
-        buf.resize(start + spare, 0);
-        match f.read(&mut buf[start..]) {
-            Ok(0) => {
-                buf.truncate(start);
-                return Ok(());
-            }
-            Ok(n) => buf.truncate(start + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e);
-            }
-        }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+
+    /// The file as text (bytes that are not UTF-8 become U+FFFD; /proc text is ASCII,
+    /// so this borrows).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
     }
 }
 

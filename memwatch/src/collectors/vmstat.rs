@@ -8,16 +8,17 @@
 //! `nr_*` amounts and for most page events, plain counts for the rest.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use anyhow::Context as _;
-use prometheus::proto::MetricFamily;
 
-use super::{procfs, Collector, ParseErrors};
-use crate::metrics::Family;
+use super::{
+    procfs::{self, ReadBuf},
+    Collector, ParseErrors,
+};
+use crate::metrics::{Kind, PositionalCache, Rendered, Text};
 
 /// One line of /proc/vmstat (or of a `key value` block of /proc/zoneinfo).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +54,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Parses /proc/vmstat: the fields, and the malformed or repeated lines that were
-/// skipped.
+/// skipped. (The collector parses line by line; this is for tests.)
+#[cfg(test)]
 pub fn parse(text: &str) -> (Vec<Field<'_>>, Vec<&str>) {
     let mut fields: Vec<Field> = Vec::with_capacity(256);
     let mut errors = Vec::new();
@@ -80,18 +82,24 @@ pub fn metric_name(field: &str) -> (String, bool) {
     (name, counter)
 }
 
+/// The rendered series of a vmstat field.
+fn rendered(field: &str) -> Rendered {
+    let (name, counter) = metric_name(field);
+    if counter {
+        let help = format!("/proc/vmstat field {field} (an event count).");
+        Rendered::new(name, &help, Kind::Counter)
+    } else {
+        let help = format!("/proc/vmstat field {field} (a current value).");
+        Rendered::new(name, &help, Kind::Gauge)
+    }
+}
+
 /// The vmstat collector.
 pub struct Vmstat {
     path: PathBuf,
     errors: ParseErrors,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    buf: Vec<u8>,
-    /// field -> (counter?, name, help), built once per field.
-    names: HashMap<String, (bool, String, String)>,
+    /// The file buffer and the rendered names, kept between scrapes.
+    state: Mutex<(ReadBuf, PositionalCache)>,
 }
 
 impl Vmstat {
@@ -109,36 +117,28 @@ impl Collector for Vmstat {
         "vmstat"
     }
 
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { buf, names } = &mut *state;
-        procfs::read_into(&self.path, buf)
+        let (buf, cache) = &mut *state;
+        buf.read(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        let text = String::from_utf8_lossy(buf);
-        let (fields, errors) = parse(&text);
-        for bad in &errors {
-            log::debug!("{}: skipping malformed line {bad:?}", self.path.display());
-        }
-        self.errors.add(errors.len() as u64);
-        for f in fields {
-            if !names.contains_key(f.name) {
-                let (name, counter) = metric_name(f.name);
-                let help = if counter {
-                    format!("/proc/vmstat field {} (an event count).", f.name)
-                } else {
-                    format!("/proc/vmstat field {} (a current value).", f.name)
-                };
-                names.insert(f.name.to_string(), (counter, name, help));
-            }
-            let (counter, name, help) = &names[f.name];
-            let mut fam = if *counter {
-                Family::counter(name.as_str(), help.as_str())
-            } else {
-                Family::gauge(name.as_str(), help.as_str())
+        let text = buf.text();
+        let mut errors = 0;
+        let mut k = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Some(f) = parse_kv(line) else {
+                log::debug!("{}: skipping malformed line {line:?}", self.path.display());
+                errors += 1;
+                continue;
             };
-            fam.sample(&[], f.value);
-            fam.push_to(out);
+            let r = cache.get(k, f.name, 0, || rendered(f.name));
+            k += 1;
+            // A repeated field: the first one stays.
+            if !r.write(out, f.value) {
+                errors += 1;
+            }
         }
+        self.errors.add(errors);
         Ok(())
     }
 }
@@ -207,7 +207,37 @@ mod tests {
         assert_eq!(errors.len(), 6, "{errors:?}");
     }
 
+    /// The collector writes every field, and a repeated or broken line is counted.
+    #[test]
+    fn collector_writes_and_counts() {
+        let dir = testutil::TempDir::new("vmstat");
+        dir.write("vmstat", "nr_dirty 5\npgfault 7\nbroken\npgfault 8\n");
+        let errors = ParseErrors::default();
+        let c = Vmstat::new(dir.path(), errors.clone());
+        for _ in 0..2 {
+            let mut out = Text::default();
+            c.write_text(&mut out).unwrap();
+            testutil::check_exposition(out.as_str()).unwrap();
+            assert!(out.as_str().contains("\nmemwatch_vmstat_nr_dirty 5\n"));
+            assert!(out.as_str().contains("\nmemwatch_vmstat_pgfault_total 7\n"));
+        }
+        assert_eq!(errors.get(), 4);
+    }
+
     proptest::proptest! {
+        /// Whatever the file holds, the collector's output is a valid exposition.
+        #[test]
+        fn collector_output_always_valid(text in testutil::procish_text()) {
+            let dir = testutil::TempDir::new("vmstat-fuzz");
+            dir.write("vmstat", &text);
+            let c = Vmstat::new(dir.path(), ParseErrors::default());
+            let mut out = Text::default();
+            c.write_text(&mut out).unwrap();
+            if let Err(e) = testutil::check_exposition(out.as_str()) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+
         /// Never panics, and every line is either a field or an error.
         #[test]
         fn parse_never_panics(text in testutil::procish_text()) {

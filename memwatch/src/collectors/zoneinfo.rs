@@ -13,14 +13,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use prometheus::proto::MetricFamily;
 
 use super::{
-    procfs,
+    procfs::{self, ReadBuf},
     vmstat::{parse_int, parse_kv, valid_name, Field},
     Collector, ParseErrors,
 };
-use crate::metrics::Family;
+use crate::metrics::{Kind, Text};
 
 /// One zone of one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -237,64 +236,24 @@ fn parse_protection(rest: &str) -> Option<Vec<f64>> {
         .filter(|v| v.len() <= 16)
 }
 
-/// Which group of names a family belongs to: a name claimed by one group is never
-/// reused by another, so a strange file can't produce one series twice.
+/// The kinds of generic fields, each named its own way.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Group {
-    Free,
-    Watermark,
     Header,
-    Protection,
-    Headroom,
     ZoneStat,
     Scalar,
     NodeStat,
 }
 
-/// The families of one scrape, in first-seen order.
-struct Families {
-    list: Vec<(Group, Family)>,
-    index: HashMap<String, usize>,
-}
-
-impl Families {
-    fn new() -> Self {
-        Self {
-            list: Vec::with_capacity(128),
-            index: HashMap::with_capacity(128),
-        }
-    }
-
-    /// The family `name`, created as described by `make` the first time; `None` when
-    /// another group already owns the name.
-    fn get(
-        &mut self,
-        group: Group,
-        name: &str,
-        make: impl FnOnce() -> Family,
-    ) -> Option<&mut Family> {
-        let i = match self.index.get(name) {
-            Some(&i) => i,
-            None => {
-                self.list.push((group, make()));
-                self.index.insert(name.to_string(), self.list.len() - 1);
-                self.list.len() - 1
-            }
-        };
-        let (g, f) = &mut self.list[i];
-        (*g == group).then_some(f)
-    }
-}
-
-/// Names and help texts built once per field.
+/// Names and header lines, built once per field.
 #[derive(Default)]
 struct Names {
-    /// group -> field -> (counter?, name, help)
-    map: HashMap<Group, HashMap<String, (bool, String, String)>>,
+    /// group -> field -> (name, `# HELP`/`# TYPE` lines)
+    map: HashMap<Group, HashMap<String, (String, String)>>,
 }
 
 impl Names {
-    fn get(&mut self, group: Group, field: &str) -> &(bool, String, String) {
+    fn get(&mut self, group: Group, field: &str) -> &(String, String) {
         let m = self.map.entry(group).or_default();
         // Lookups borrow; only a field seen for the first time allocates.
         if !m.contains_key(field) {
@@ -304,8 +263,8 @@ impl Names {
     }
 }
 
-/// The exported name, type and help of a field of a group.
-fn name_for(group: Group, field: &str) -> (bool, String, String) {
+/// The exported name and header lines of a field of a group.
+fn name_for(group: Group, field: &str) -> (String, String) {
     let mut name = String::from("memwatch_zoneinfo_");
     let counter =
         matches!(group, Group::ZoneStat | Group::NodeStat) && procfs::is_event_counter(field);
@@ -320,155 +279,189 @@ fn name_for(group: Group, field: &str) -> (bool, String, String) {
         }
         Group::ZoneStat => format!("/proc/zoneinfo per-zone statistic {field}."),
         Group::NodeStat => format!("/proc/zoneinfo per-node statistic {field}."),
-        _ => format!("/proc/zoneinfo zone field {field}."),
+        Group::Scalar => format!("/proc/zoneinfo zone field {field}."),
     };
     procfs::lint_fix(&mut name, counter);
-    if counter {
+    let kind = if counter {
         name.push_str("_total");
-    }
-    (counter, name, help)
+        Kind::Counter
+    } else {
+        Kind::Gauge
+    };
+    let header = Text::header(&name, &help, kind);
+    (name, header)
 }
 
-/// Renders a parsed zoneinfo into metric families. `names` caches the names of
-/// generic fields between scrapes.
-fn render(zi: &Parsed, names: &mut Names, out: &mut Vec<MetricFamily>) {
-    let mut fams = Families::new();
-    // The zone names of each node in order: the protection array is indexed by them.
-    let zone_names = |node: &str| -> Vec<&str> {
-        zi.zones
-            .iter()
-            .filter(|z| z.node == node)
-            .map(|z| z.zone)
-            .collect()
-    };
-    let mut index_buf = String::new();
-    for z in &zi.zones {
-        let labels = [("node", z.node), ("zone", z.zone)];
-        if let Some(free) = z.free {
-            if let Some(f) = fams.get(Group::Free, "memwatch_zoneinfo_free_pages", || {
-                Family::gauge(
-                    "memwatch_zoneinfo_free_pages",
-                    "/proc/zoneinfo `pages free`: free pages in the zone.",
-                )
-            }) {
-                f.sample(&labels, free);
+/// The names of `lists`' fields, each once, in first-seen order.
+fn union<'a>(lists: impl Iterator<Item = &'a [Field<'a>]>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = Vec::new();
+    for list in lists {
+        for (i, f) in list.iter().enumerate() {
+            // Zones list the same fields in the same order: check the position first.
+            if names.get(i) != Some(&f.name) && !names.contains(&f.name) {
+                names.push(f.name);
             }
         }
-        for h in &z.header {
-            if WATERMARKS.contains(&h.name) {
-                if let Some(f) = fams.get(
-                    Group::Watermark,
-                    "memwatch_zoneinfo_watermark_pages",
-                    || {
-                        Family::gauge(
-                            "memwatch_zoneinfo_watermark_pages",
-                            "/proc/zoneinfo zone watermarks (min, low, high, promo), in pages.",
-                        )
-                    },
-                ) {
-                    f.sample(
-                        &[("node", z.node), ("zone", z.zone), ("watermark", h.name)],
-                        h.value,
-                    );
-                }
+    }
+    names
+}
+
+/// Picks one list of generic fields out of a zone.
+type FieldsOf<'a> = fn(&'a Zone<'a>) -> &'a [Field<'a>];
+
+const FREE: &str = "memwatch_zoneinfo_free_pages";
+const WATERMARK: &str = "memwatch_zoneinfo_watermark_pages";
+const PROTECTION: &str = "memwatch_zoneinfo_protection_pages";
+const HEADROOM: &str = "memwatch_zoneinfo_headroom_pages";
+
+/// Writes a parsed zoneinfo, family by family. `names` keeps the names of generic
+/// fields between scrapes. Returns how many families were refused because their name
+/// was already taken (only a strange file does that); their samples are dropped.
+fn write<'a>(zi: &'a Parsed<'a>, names: &mut Names, out: &mut Text) -> u64 {
+    let mut refused = 0;
+    let zones = &zi.zones;
+    let labels: Vec<String> = zones
+        .iter()
+        .map(|z| {
+            let mut s = String::with_capacity(32);
+            Text::push_labels(&mut s, &[("node", z.node), ("zone", z.zone)]);
+            s
+        })
+        .collect();
+    let mut family = |out: &mut Text, name: &str, help: &str| {
+        let ok = out.family(name, help, Kind::Gauge);
+        refused += u64::from(!ok);
+        ok
+    };
+
+    if zones.iter().any(|z| z.free.is_some())
+        && family(
+            out,
+            FREE,
+            "/proc/zoneinfo `pages free`: free pages in the zone.",
+        )
+    {
+        for (z, l) in zones.iter().zip(&labels) {
+            if let Some(v) = z.free {
+                out.sample_labels(FREE, l, v);
+            }
+        }
+    }
+    let has_watermark = |z: &Zone| z.header.iter().any(|h| WATERMARKS.contains(&h.name));
+    if zones.iter().any(has_watermark)
+        && family(
+            out,
+            WATERMARK,
+            "/proc/zoneinfo zone watermarks (min, low, high, promo), in pages.",
+        )
+    {
+        for z in zones {
+            for h in z.header.iter().filter(|h| WATERMARKS.contains(&h.name)) {
+                let l = [("node", z.node), ("zone", z.zone), ("watermark", h.name)];
+                out.sample(WATERMARK, &l, h.value);
+            }
+        }
+    }
+    if zones.iter().any(|z| !z.protection.is_empty())
+        && family(
+            out,
+            PROTECTION,
+            "/proc/zoneinfo protection (lowmem_reserve): pages of this zone kept back from \
+             allocations that could also use alloc_zone.",
+        )
+    {
+        let mut index = String::new();
+        for z in zones {
+            // The array is indexed by the node's zones, in the order zoneinfo lists them.
+            let node_zones: Vec<&str> = zones
+                .iter()
+                .filter(|y| y.node == z.node)
+                .map(|y| y.zone)
+                .collect();
+            for (i, v) in z.protection.iter().enumerate() {
+                let alloc_zone = if node_zones.len() == z.protection.len() {
+                    node_zones[i]
+                } else {
+                    index.clear();
+                    crate::metrics::push_int(&mut index, i as i64);
+                    &index
+                };
+                let l = [
+                    ("node", z.node),
+                    ("zone", z.zone),
+                    ("alloc_zone", alloc_zone),
+                ];
+                out.sample(PROTECTION, &l, *v);
+            }
+        }
+    }
+    if zones.iter().any(|z| z.headroom().is_some())
+        && family(
+            out,
+            HEADROOM,
+            "Free pages above the zone's high watermark (pages free - high); negative when \
+             the zone is below it. Absent for zones without managed pages.",
+        )
+    {
+        for (z, l) in zones.iter().zip(&labels) {
+            if let Some(v) = z.headroom() {
+                out.sample_labels(HEADROOM, l, v);
+            }
+        }
+    }
+
+    // Generic fields: one family per field name, one sample per zone that has it.
+    let generic: [(Group, FieldsOf<'a>); 3] = [
+        (Group::Header, |z| &z.header),
+        (Group::ZoneStat, |z| &z.stats),
+        (Group::Scalar, |z| &z.scalars),
+    ];
+    for (group, list) in generic {
+        for field in union(zones.iter().map(list)) {
+            if group == Group::Header && WATERMARKS.contains(&field) {
                 continue;
             }
-            let (_, name, help) = names.get(Group::Header, h.name);
-            if let Some(f) = fams.get(Group::Header, name, || Family::gauge(name, help)) {
-                f.sample(&labels, h.value);
+            let (name, header) = names.get(group, field);
+            if !out.family_with_header(name, header) {
+                refused += 1;
+                continue;
             }
-        }
-        if !z.protection.is_empty() {
-            let zones = zone_names(z.node);
-            for (i, v) in z.protection.iter().enumerate() {
-                let alloc_zone = if zones.len() == z.protection.len() {
-                    zones[i]
-                } else {
-                    index_buf.clear();
-                    use std::fmt::Write as _;
-                    let _ = write!(index_buf, "{i}");
-                    &index_buf
-                };
-                if let Some(f) = fams.get(
-                    Group::Protection,
-                    "memwatch_zoneinfo_protection_pages",
-                    || {
-                        Family::gauge(
-                            "memwatch_zoneinfo_protection_pages",
-                            "/proc/zoneinfo protection (lowmem_reserve): pages of this zone \
-                             kept back from allocations that could also use alloc_zone.",
-                        )
-                    },
-                ) {
-                    f.sample(
-                        &[
-                            ("node", z.node),
-                            ("zone", z.zone),
-                            ("alloc_zone", alloc_zone),
-                        ],
-                        *v,
-                    );
-                }
-            }
-        }
-        if let Some(headroom) = z.headroom() {
-            if let Some(f) = fams.get(Group::Headroom, "memwatch_zoneinfo_headroom_pages", || {
-                Family::gauge(
-                    "memwatch_zoneinfo_headroom_pages",
-                    "Free pages above the zone's high watermark (pages free - high); \
-                     negative when the zone is below it.",
-                )
-            }) {
-                f.sample(&labels, headroom);
-            }
-        }
-        for (group, list) in [(Group::ZoneStat, &z.stats), (Group::Scalar, &z.scalars)] {
-            for s in list {
-                let (counter, name, help) = names.get(group, s.name);
-                let make = || {
-                    if *counter {
-                        Family::counter(name, help)
-                    } else {
-                        Family::gauge(name, help)
-                    }
-                };
-                if let Some(f) = fams.get(group, name, make) {
-                    f.sample(&labels, s.value);
+            for (z, l) in zones.iter().zip(&labels) {
+                if let Some(f) = list(z).iter().find(|f| f.name == field) {
+                    out.sample_labels(name, l, f.value);
                 }
             }
         }
     }
-    for n in &zi.nodes {
-        for s in &n.stats {
-            let (counter, name, help) = names.get(Group::NodeStat, s.name);
-            let make = || {
-                if *counter {
-                    Family::counter(name, help)
-                } else {
-                    Family::gauge(name, help)
-                }
-            };
-            if let Some(f) = fams.get(Group::NodeStat, name, make) {
-                f.sample(&[("node", n.node)], s.value);
+    let node_labels: Vec<String> = zi
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut s = String::with_capacity(12);
+            Text::push_labels(&mut s, &[("node", n.node)]);
+            s
+        })
+        .collect();
+    for field in union(zi.nodes.iter().map(|n| &n.stats[..])) {
+        let (name, header) = names.get(Group::NodeStat, field);
+        if !out.family_with_header(name, header) {
+            refused += 1;
+            continue;
+        }
+        for (n, l) in zi.nodes.iter().zip(&node_labels) {
+            if let Some(f) = n.stats.iter().find(|f| f.name == field) {
+                out.sample_labels(name, l, f.value);
             }
         }
     }
-    for (_, f) in fams.list {
-        f.push_to(out);
-    }
+    refused
 }
 
 /// The zoneinfo collector.
 pub struct Zoneinfo {
     path: PathBuf,
     errors: ParseErrors,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    buf: Vec<u8>,
-    names: Names,
+    state: Mutex<(ReadBuf, Names)>,
 }
 
 impl Zoneinfo {
@@ -486,18 +479,18 @@ impl Collector for Zoneinfo {
         "zoneinfo"
     }
 
-    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { buf, names } = &mut *state;
-        procfs::read_into(&self.path, buf)
+        let (buf, names) = &mut *state;
+        buf.read(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        let text = String::from_utf8_lossy(buf);
+        let text = buf.text();
         let (zi, errors) = parse(&text);
         for bad in &errors {
             log::debug!("{}: skipping malformed line {bad:?}", self.path.display());
         }
-        self.errors.add(errors.len() as u64);
-        render(&zi, names, out);
+        let refused = write(&zi, names, out);
+        self.errors.add(errors.len() as u64 + refused);
         Ok(())
     }
 }
@@ -505,13 +498,13 @@ impl Collector for Zoneinfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collectors::testutil, metrics::encode_text};
+    use crate::collectors::testutil;
 
-    fn rendered(text: &str) -> Vec<MetricFamily> {
+    fn rendered(text: &str) -> String {
         let (zi, _) = parse(text);
-        let mut out = Vec::new();
-        render(&zi, &mut Names::default(), &mut out);
-        out
+        let mut out = Text::default();
+        write(&zi, &mut Names::default(), &mut out);
+        out.into_string()
     }
 
     /// Every fixture parses without a skipped line and renders (in the exposition
@@ -521,9 +514,9 @@ mod tests {
         for (path, text) in testutil::fixtures("zoneinfo") {
             let (_, errors) = parse(&text);
             assert!(errors.is_empty(), "{path}: {errors:?}");
-            let fams = rendered(&text);
-            testutil::check_families(&fams).unwrap();
-            testutil::check_golden(&path, &encode_text(&fams));
+            let out = rendered(&text);
+            testutil::check_exposition(&out).unwrap();
+            testutil::check_golden(&path, &out);
         }
     }
 
@@ -585,7 +578,7 @@ mod tests {
             .iter()
             .all(|z| !has(&z.stats, "batch") && !has(&z.header, "count")));
 
-        let text = encode_text(&rendered(&text));
+        let text = rendered(&text);
         for want in [
             "memwatch_zoneinfo_free_pages{node=\"0\",zone=\"DMA32\"} 772918\n",
             "memwatch_zoneinfo_watermark_pages{node=\"0\",zone=\"DMA32\",watermark=\"high\"} 7791\n",
@@ -658,7 +651,7 @@ Node 1, zone   Normal
         );
         assert!(has(&zi.zones[1].header, "scanned"));
         // Two entries in protection but one zone per node: the label is the index.
-        let out = encode_text(&rendered(text));
+        let out = rendered(text);
         assert!(out.contains("alloc_zone=\"1\""), "{out}");
         assert!(out.contains("memwatch_zoneinfo_headroom_pages{node=\"1\",zone=\"Normal\"} -10\n"));
         assert!(out.contains("memwatch_zoneinfo_scanned_pages{node=\"1\",zone=\"Normal\"} 0\n"));
@@ -704,15 +697,14 @@ Node 1, zone   Ok
         assert_eq!(zi.zones[0].free, None);
         assert_eq!(zi.zones[0].headroom(), None);
         assert_eq!(zi.zones[1].headroom(), Some(2.0));
-        testutil::check_families(&rendered(text)).unwrap();
+        testutil::check_exposition(&rendered(text)).unwrap();
     }
 
     proptest::proptest! {
         /// Never panics, and whatever the input, the output is a valid exposition.
         #[test]
         fn parse_never_panics(text in testutil::procish_text()) {
-            let fams = rendered(&text);
-            if let Err(e) = testutil::check_families(&fams) {
+            if let Err(e) = testutil::check_exposition(&rendered(&text)) {
                 proptest::prop_assert!(false, "{}", e);
             }
         }
