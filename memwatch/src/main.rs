@@ -94,6 +94,12 @@ struct RunArgs {
     /// Log level (RUST_LOG, when set, wins).
     #[arg(long = "log.level", value_enum)]
     log_level: Option<LogLevel>,
+    /// Where procfs is mounted (e.g. the host's /proc seen from a container).
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    procfs: String,
+    /// Where sysfs is mounted.
+    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
+    sysfs: String,
 }
 
 #[derive(Args)]
@@ -235,7 +241,7 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
 
         let mut registry = Registry::default();
         registry.register(Box::new(collectors::build_info::BuildInfo::new()));
-        collectors::register_proc(&mut registry, &cfg, "/proc", "/sys");
+        collectors::register_proc(&mut registry, &cfg, &args.procfs, &args.sysfs);
         let running = if cfg.collectors.bpf {
             start_probes(&cfg, &mut registry).await?
         } else {
