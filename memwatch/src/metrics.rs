@@ -114,6 +114,8 @@ pub fn encode_text(families: &[MetricFamily]) -> String {
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
+    Summary,
 }
 
 impl Kind {
@@ -121,6 +123,8 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
         }
     }
 }
@@ -255,26 +259,71 @@ impl Text {
         self.buf.push('\n');
     }
 
-    /// Writes families built with [`Family`] (or any protobuf families).
+    /// Writes families built with [`Family`] (or any protobuf families), as the
+    /// prometheus crate's encoder would, except that infinities are spelled `+Inf`.
     pub fn families(&mut self, families: &[MetricFamily]) {
         let mut labels: Vec<(&str, &str)> = Vec::new();
         for f in families {
-            let kind = if f.get_field_type() == MetricType::COUNTER {
-                Kind::Counter
-            } else {
-                Kind::Gauge
+            let kind = match f.get_field_type() {
+                MetricType::COUNTER => Kind::Counter,
+                MetricType::GAUGE => Kind::Gauge,
+                MetricType::HISTOGRAM => Kind::Histogram,
+                MetricType::SUMMARY => Kind::Summary,
+                MetricType::UNTYPED => {
+                    log::warn!("skipping untyped family {}", f.name());
+                    continue;
+                }
             };
             if !self.family(f.name(), f.help(), kind) {
                 continue;
             }
+            let name = f.name();
             for m in f.get_metric() {
                 labels.clear();
                 labels.extend(m.get_label().iter().map(|l| (l.name(), l.value())));
-                let v = match kind {
-                    Kind::Counter => m.get_counter().get_value(),
-                    Kind::Gauge => m.get_gauge().get_value(),
-                };
-                self.sample(f.name(), &labels, v);
+                match kind {
+                    Kind::Counter => self.sample(name, &labels, m.get_counter().get_value()),
+                    Kind::Gauge => self.sample(name, &labels, m.get_gauge().get_value()),
+                    Kind::Histogram => {
+                        let h = m.get_histogram();
+                        let bucket = format!("{name}_bucket");
+                        let mut inf_seen = false;
+                        for b in h.get_bucket() {
+                            let le = b.upper_bound();
+                            inf_seen |= le.is_infinite() && le > 0.0;
+                            let bound = if le.is_infinite() {
+                                (if le > 0.0 { "+Inf" } else { "-Inf" }).to_string()
+                            } else {
+                                le.to_string()
+                            };
+                            let mut l = labels.clone();
+                            l.push(("le", &bound));
+                            self.sample(&bucket, &l, b.cumulative_count() as f64);
+                        }
+                        if !inf_seen {
+                            labels.push(("le", "+Inf"));
+                            self.sample(&bucket, &labels, h.get_sample_count() as f64);
+                            labels.pop();
+                        }
+                        self.sample(&format!("{name}_sum"), &labels, h.get_sample_sum());
+                        self.sample(
+                            &format!("{name}_count"),
+                            &labels,
+                            h.get_sample_count() as f64,
+                        );
+                    }
+                    Kind::Summary => {
+                        let q = m.get_summary();
+                        for quantile in q.get_quantile() {
+                            let bound = quantile.quantile().to_string();
+                            let mut l = labels.clone();
+                            l.push(("quantile", &bound));
+                            self.sample(name, &l, quantile.value());
+                        }
+                        self.sample(&format!("{name}_sum"), &labels, q.sample_sum());
+                        self.sample(&format!("{name}_count"), &labels, q.sample_count() as f64);
+                    }
+                }
             }
         }
     }
@@ -472,6 +521,10 @@ mod tests {
         let mut g = Family::gauge("y", "Y \\ z.");
         g.sample(&[], 1.0);
         g.push_to(&mut fams);
+        let mut h = Family::histogram("z_seconds", "Z.");
+        h.histogram_sample(&[("k", "v")], &[(0.001, 1), (0.5, 3), (2.0, 4)], 5, 7.25);
+        h.histogram_sample(&[("k", "w")], &[], 0, 0.0);
+        h.push_to(&mut fams);
         let mut t = Text::default();
         t.families(&fams);
         assert_eq!(t.as_str(), encode_text(&fams));

@@ -508,8 +508,7 @@ impl Bpf {
             .metrics
             .iter()
             .map(|m| {
-                let cols: Vec<usize> =
-                    m.series.iter().flat_map(|s| s.1.iter().copied()).collect();
+                let cols: Vec<usize> = m.series.iter().flat_map(|s| s.1.iter().copied()).collect();
                 top_n(rows, self.top_n, |r| r.sum(&cols))
             })
             .collect();

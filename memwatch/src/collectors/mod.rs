@@ -314,7 +314,7 @@ pub mod testutil {
     /// `_total` and gauges in no reserved suffix, a help text for each.
     pub fn check_exposition(text: &str) -> Result<(), String> {
         let mut names = HashSet::new();
-        let mut current: Option<(String, bool)> = None;
+        let mut current: Option<(String, String)> = None;
         let mut series = HashSet::new();
         let mut lines = text.lines().peekable();
         while let Some(line) = lines.next() {
@@ -327,20 +327,24 @@ pub mod testutil {
                     return Err(format!("family {name} twice"));
                 }
                 let ty = lines.next().ok_or(format!("{name}: no TYPE"))?;
-                let counter = match ty.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')) {
-                    Some((n, "counter")) if n == name => true,
-                    Some((n, "gauge")) if n == name => false,
+                let kind = match ty.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')) {
+                    Some((n, k)) if n == name => k.to_string(),
                     _ => return Err(format!("{name}: bad TYPE line {ty:?}")),
                 };
-                lint_name(name, counter)?;
-                current = Some((name.to_string(), counter));
+                match kind.as_str() {
+                    "counter" => lint_name(name, true)?,
+                    "gauge" => lint_name(name, false)?,
+                    "histogram" | "summary" => lint_name(&format!("{name}_x"), false)?,
+                    _ => return Err(format!("{name}: unknown type {kind}")),
+                }
+                current = Some((name.to_string(), kind));
                 series.clear();
                 continue;
             }
             if line.starts_with('#') || line.is_empty() {
                 return Err(format!("unexpected line {line:?}"));
             }
-            let Some((family, _)) = &current else {
+            let Some((family, kind)) = &current else {
                 return Err(format!("sample before any family: {line}"));
             };
             let (series_part, value) = line.rsplit_once(' ').ok_or(format!("bad sample {line}"))?;
@@ -351,11 +355,23 @@ pub mod testutil {
                 None => (series_part, ""),
                 Some((n, l)) => (n, l.strip_suffix('}').ok_or(format!("bad labels {line}"))?),
             };
-            if name != family {
+            let (family, kind) = (family.clone(), kind.clone());
+            let ok = name == family
+                || (kind == "histogram"
+                    && [
+                        &format!("{family}_bucket"),
+                        &format!("{family}_sum"),
+                        &format!("{family}_count"),
+                    ]
+                    .contains(&&name.to_string()))
+                || (kind == "summary"
+                    && [&format!("{family}_sum"), &format!("{family}_count")]
+                        .contains(&&name.to_string()));
+            if !ok {
                 return Err(format!("sample {name} inside family {family}"));
             }
             let parsed = parse_labels(labels).ok_or(format!("bad labels in {line}"))?;
-            if !series.insert(parsed) {
+            if !series.insert((name.to_string(), parsed)) {
                 return Err(format!("series twice: {line}"));
             }
         }
