@@ -51,6 +51,16 @@ enum BenchKind {
     /// Slowdown of a COW-heavy and a page-cache streaming workload with memwatch
     /// against without, and the cost per kernel event.
     Overhead,
+    /// CPU per scrape of memwatch's /proc collectors against node_exporter's meminfo,
+    /// vmstat, zoneinfo and pressure collectors (Debian's prometheus-node-exporter).
+    Scrape {
+        /// Scrapes of each exporter (at least 300).
+        #[arg(long, default_value_t = 2000)]
+        scrapes: usize,
+        /// Print the result without writing docs/BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +95,7 @@ fn real_main() -> Result<()> {
             cargo(&["build", "--release", "-p", "memwatch"])?;
             match which {
                 BenchKind::Overhead => bench::overhead(),
+                BenchKind::Scrape { scrapes, no_write } => bench::scrape(scrapes, !no_write),
             }
         }
         Task::Test => {

@@ -22,6 +22,21 @@ const PACKAGES: &[&str] = &[
     // `cargo xtask vm-test`: boots Debian kernels under QEMU with a busybox initramfs.
     "qemu-system-x86",
     "busybox-static",
+    // promtool: the test that lints a live scrape (`promtool check metrics`).
+    "prometheus",
+    // `cargo xtask bench scrape`: node_exporter 1.5, the CPU-per-scrape baseline.
+    "prometheus-node-exporter",
+];
+
+/// Packages that install a service we don't want running (on systemd hosts apt starts
+/// it: Prometheus on :9090, node_exporter on :9100); setup stops and disables it right
+/// after installing, since only the binaries are needed.
+const SERVICES: &[(&str, &str)] = &[
+    ("prometheus", "prometheus.service"),
+    (
+        "prometheus-node-exporter",
+        "prometheus-node-exporter.service",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -218,6 +233,8 @@ fn packages() -> Result<()> {
     eprintln!("xtask: installing Debian packages {missing:?}");
     let apt = |args: &[&str]| -> Result<()> {
         let status = Command::new("apt-get")
+            // Wait for another apt (another worktree's setup) instead of failing.
+            .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
@@ -230,5 +247,30 @@ fn packages() -> Result<()> {
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
-    apt(&args)
+    apt(&args)?;
+    stop_services(&missing);
+    Ok(())
+}
+
+/// Stops and disables the services the packages just installed started (systemd
+/// hosts only; elsewhere apt starts nothing).
+fn stop_services(installed_now: &[&str]) {
+    if !Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    for (pkg, unit) in SERVICES {
+        if !installed_now.contains(pkg) {
+            continue;
+        }
+        eprintln!(
+            "xtask: {pkg} started {unit}; stopping and disabling it (only the binaries are used)"
+        );
+        let ok = Command::new("systemctl")
+            .args(["disable", "--now", unit])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("xtask: warning: could not stop {unit}; stop it with `systemctl disable --now {unit}`");
+        }
+    }
 }
