@@ -358,20 +358,8 @@ fn fork_body(ctl: &Ctl) -> i32 {
     // SAFETY: raw syscalls on memory this process maps itself.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"mw-forklat".as_ptr());
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            heap,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        ) as *mut u8;
-        if p as *mut libc::c_void == libc::MAP_FAILED {
+        if common::workload::map_populated(heap / 4096).is_none() {
             return 40;
-        }
-        libc::madvise(p.cast(), heap, libc::MADV_NOHUGEPAGE);
-        for i in (0..heap).step_by(4096) {
-            std::ptr::write_volatile(p.add(i), 1);
         }
         ctl.report(b'T');
         if ctl.wait() != b'F' {

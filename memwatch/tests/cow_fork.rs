@@ -18,23 +18,9 @@ fn cow_body(ctl: &Ctl) -> i32 {
     // SAFETY: raw syscalls on memory this process maps itself.
     unsafe {
         let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-        let len = PAGES * page;
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        ) as *mut u8;
-        if p as *mut libc::c_void == libc::MAP_FAILED {
+        let Some(p) = common::workload::map_populated(PAGES) else {
             return 10;
-        }
-        // 4 KiB pages only: a THP would turn N faults into N/512.
-        libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
-        for i in 0..PAGES {
-            std::ptr::write_volatile(p.add(i * page), 1);
-        }
+        };
         let (hold_r, hold_w) = common::workload::pipe();
         let child = libc::fork();
         if child < 0 {
@@ -79,22 +65,9 @@ fn reuse_body(ctl: &Ctl) -> i32 {
     // SAFETY: raw syscalls on memory this process maps itself.
     unsafe {
         let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-        let len = PAGES * page;
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        ) as *mut u8;
-        if p as *mut libc::c_void == libc::MAP_FAILED {
+        let Some(p) = common::workload::map_populated(PAGES) else {
             return 10;
-        }
-        libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
-        for i in 0..PAGES {
-            std::ptr::write_volatile(p.add(i * page), 1);
-        }
+        };
         let child = libc::fork();
         if child < 0 {
             return 11;

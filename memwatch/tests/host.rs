@@ -79,14 +79,7 @@ fn probes_report_matches_run() {
     if let Some(mode) = probe_mode() {
         cmd.arg(format!("--probe-mode={mode}"));
     }
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::run_ok(&mut cmd);
     assert!(
         text.contains("faults/page_fault: run uses tracepoint"),
         "{text}"

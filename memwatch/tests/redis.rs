@@ -85,10 +85,11 @@ impl Drop for Redis {
     }
 }
 
-/// A redis-benchmark write load over 100 000 keys, stopped by PID on drop. Started a
-/// few seconds before the first save, so that during the saves it overwrites keys
-/// that exist (pure copy-on-write) instead of adding keys, whose dict growth frees
-/// memory the child then holds alone (private to the child, yet no copy).
+/// A redis-benchmark write load over 100 000 keys, stopped by PID on drop: SETRANGE of
+/// a 300-byte value, which creates each key once and then overwrites its value in
+/// place. In-place writes are pure copy-on-write; a load that frees memory (SET
+/// replacing values, a growing dict) would also let pages the parent releases become
+/// private to the child, which Redis counts and copies don't.
 struct Load(Child);
 
 impl Load {
@@ -154,7 +155,8 @@ fn episodes(agent: &Agent, pid: u32) -> (Vec<serde_json::Value>, Vec<serde_json:
 
 struct Save {
     child_pid: u32,
-    /// (Redis current_cow_size, memwatch live COW bytes) sampled during the save.
+    /// (Redis current_cow_size, memwatch live COW bytes) sampled during the save, at
+    /// the same moment.
     live: Vec<(f64, f64)>,
 }
 
@@ -245,11 +247,15 @@ fn check_episode(what: &str, e: &serde_json::Value, redis: &Redis, save: &Save, 
         save.live.iter().any(|s| s.1 > 0.0),
         "no live COW seen during the save"
     );
-    let max_redis = save.live.iter().map(|s| s.0).fold(0.0, f64::max);
-    assert!(
-        ours >= max_redis,
-        "final COW {ours} below a live Redis sample {max_redis}"
-    );
+    // Redis's current_cow_size is sampled about once a second and published late, so
+    // at any moment memwatch's live figure should be at least Redis's (within the same
+    // 10% as the final comparison).
+    for (redis_live, ours_live) in &save.live {
+        assert!(
+            *ours_live >= 0.9 * redis_live,
+            "live COW: memwatch {ours_live} fell behind Redis's current_cow_size {redis_live}"
+        );
+    }
 }
 
 #[test]
@@ -341,23 +347,13 @@ fn bgsave_and_aof_rewrite_episodes_match_redis() {
 
     // fork-report, text and JSON, from the daemon.
     let url = format!("http://127.0.0.1:{}", agent.port);
-    let out = Command::new(bin())
-        .args([
-            "fork-report",
-            "--url",
-            &url,
-            "--pid",
-            &redis.pid().to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::run_ok(Command::new(bin()).args([
+        "fork-report",
+        "--url",
+        &url,
+        "--pid",
+        &redis.pid().to_string(),
+    ]));
     assert!(
         text.contains(&format!("forked {}", save.child_pid)),
         "{text}"

@@ -37,6 +37,20 @@ pub fn root_or_skip(test: &str) -> bool {
     root
 }
 
+/// Runs a command, prints its stdout and returns it; fails the test (showing stderr)
+/// if the command fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// A free loopback port (the agent binds it right after; the race is harmless here).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -139,3 +139,32 @@ impl Workload {
         );
     }
 }
+
+/// Maps `pages` private anonymous pages (4 KiB pages: THP off) and writes one byte to
+/// each, so they are present; None if the mapping fails. Raw syscalls only, for use in
+/// a forked workload.
+pub fn map_populated(pages: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping of our own, written within its bounds.
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let len = pages * page;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // 4 KiB pages only: a THP would turn N faults into N/512.
+        libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
+        let p = p as *mut u8;
+        for i in 0..pages {
+            std::ptr::write_volatile(p.add(i * page), 1);
+        }
+        Some(p)
+    }
+}
