@@ -22,6 +22,11 @@ const PACKAGES: &[&str] = &[
     // `cargo xtask vm-test`: boots Debian kernels under QEMU with a busybox initramfs.
     "qemu-system-x86",
     "busybox-static",
+    // vm-test's scratch disk: mkfs.ext4 formats the image the guest's tests write to.
+    "e2fsprogs",
+    // vm-test: Debian's 6.12 kernel ships its modules as .ko.xz; busybox insmod needs
+    // them decompressed.
+    "xz-utils",
     // promtool: the test that lints a live scrape (`promtool check metrics`).
     "prometheus",
     // `cargo xtask bench scrape`: node_exporter 1.5, the CPU-per-scrape baseline.

@@ -2,14 +2,16 @@
 //! kernels in QEMU, once per probe rung, and fixture files captured from those kernels.
 //!
 //! One initramfs (busybox, /init, memwatch, the integration-test binaries, bpftool and
-//! their libraries) boots every kernel; the kernel command line tells /init which rungs
-//! to run. /init marks each test-binary run on the console with `@@mw begin/end` lines,
+//! their libraries, and each kernel's disk and ext4 modules) boots every kernel; the
+//! kernel command line tells /init which rungs to run. A fresh ext4 image on a virtio
+//! disk holds the tests' temporary files, so writeback and page-cache reclaim are real. /init marks each test-binary run on the console with `@@mw begin/end` lines,
 //! which this module reads as the console streams, turning libtest's output into one
 //! line per kernel, rung and test.
 
 mod cpio;
 mod initramfs;
 mod kernel;
+mod modules;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -235,6 +237,71 @@ fn rung_unsupported(k: &Kernel, rung: &str) -> Result<Option<String>> {
         .filter(|o| cfg.get(*o).map(String::as_str) != Some("y"))
         .collect();
     Ok((!missing.is_empty()).then(|| format!("kernel config lacks {}", missing.join(", "))))
+}
+
+/// Modules the scratch disk needs, with what they depend on added from the package
+/// (where one is built in, as virtio_pci is on 6.12, it is left out).
+const DISK_MODULES: &[&str] = &[
+    // The PCI transport and the disk driver.
+    "virtio_pci",
+    "virtio_blk",
+    // ext4 (metadata_csum) and jbd2 ask the crypto API for "crc32c" at mount time; only
+    // a soft dependency ("softdep=pre: crc32c"), so it is named here.
+    "crc32c_generic",
+    "ext4",
+];
+
+/// The scratch disk's size.
+const SCRATCH_BYTES: u64 = 1 << 30;
+
+/// mke2fs settings for the scratch disk: the features every kernel of the matrix
+/// mounts (newer e2fsprogs default to ones 5.10 lacks, such as orphan_file), whatever
+/// the host's /etc/mke2fs.conf says.
+const MKE2FS_CONF: &str = "[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+";
+
+/// Writes a fresh, empty ext4 image (sparse; mkfs takes milliseconds, so every boot
+/// starts from a clean file system) and returns the QEMU arguments that attach it as
+/// the guest's first virtio disk, /dev/vda.
+fn scratch_disk(path: &Path) -> Result<Vec<String>> {
+    let _ = std::fs::remove_file(path);
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(SCRATCH_BYTES))
+        .with_context(|| format!("creating {}", path.display()))?;
+    let conf = path.with_extension("mke2fs.conf");
+    std::fs::write(&conf, MKE2FS_CONF)?;
+    let mkfs =
+        which("mkfs.ext4").context("no mkfs.ext4: `cargo xtask setup` installs e2fsprogs")?;
+    let out = Command::new(mkfs)
+        .env("MKE2FS_CONFIG", &conf)
+        .args(["-F", "-q", "-t", "ext4", "-L", "scratch"])
+        // Inode tables and journal zeroed now, not by a kernel thread during the tests.
+        .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(path)
+        .output()
+        .context("running mkfs.ext4")?;
+    let _ = std::fs::remove_file(&conf);
+    if !out.status.success() {
+        bail!(
+            "mkfs.ext4 {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(vec![
+        "-drive".into(),
+        // cache=unsafe: the host may keep the guest's writes in its page cache (the
+        // image is thrown away); the guest still writes back to its disk as usual.
+        format!("file={},format=raw,if=virtio,cache=unsafe", path.display()),
+    ])
 }
 
 /// The machine the tests run on: 1 GiB, two CPUs.
@@ -566,6 +633,24 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
         Some(p) => contents.binaries.push(("/usr/sbin/bpftool".into(), p)),
         None => eprintln!("xtask: vm: no bpftool on this host; tests that use it will fail"),
     }
+    // Each kernel's modules under /lib/modules/<release>/, with the order /init loads
+    // them in.
+    for k in &kernels {
+        let mods = modules::get(k, DISK_MODULES)
+            .with_context(|| format!("modules of the {} kernel", k.series))?;
+        let dir = format!("/lib/modules/{}", k.release);
+        let mut load = String::new();
+        for (name, path) in &mods {
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            contents.files.push((format!("{dir}/{name}.ko"), data));
+            load.push_str(name);
+            load.push('\n');
+        }
+        contents
+            .files
+            .push((format!("{dir}/modules.load"), load.into_bytes()));
+    }
     let t = Instant::now();
     let image = initramfs::build(&contents)?;
     let initrd = work_dir()?.join("initramfs.cpio");
@@ -602,8 +687,10 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
         let deadline = Duration::from_secs(
             120 + BINARY_TIMEOUT_SECS * (run_rungs.len() * binaries.len()) as u64,
         );
+        let disk = work_dir()?.join(format!("scratch-{}.img", k.series));
+        let disk_args = scratch_disk(&disk)?;
         let append = format!(
-            "memwatch.rungs={} memwatch.timeout={BINARY_TIMEOUT_SECS} {}",
+            "memwatch.rungs={} memwatch.timeout={BINARY_TIMEOUT_SECS} memwatch.disk=vda {}",
             run_rungs.join(","),
             args.append
         );
@@ -617,7 +704,7 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
         let series = k.series;
         let quiet = args.quiet;
         let b = boot(
-            qemu(k, &initrd, accel, TEST_MACHINE, &append, &[]),
+            qemu(k, &initrd, accel, TEST_MACHINE, &append, &disk_args),
             deadline,
             |line| {
                 if !quiet {
@@ -645,6 +732,7 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
             },
         )?;
         log.flush()?;
+        let _ = std::fs::remove_file(&disk);
         if let Some(why) = &b.trouble {
             eprintln!(
                 "xtask: vm {series}: {why} (console in {})",

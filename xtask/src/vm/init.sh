@@ -15,11 +15,21 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs nodev /sys/kernel/tracing || echo "@@mw warn: no tracefs"
 mount -t debugfs nodev /sys/kernel/debug 2>/dev/null
 # cgroups laid out as on the project's host: v1 controllers by name, v2 in unified/.
+# A kernel without the v1 memory controller (6.12: CONFIG_MEMCG_V1 is off) gets the
+# layout of a v2-only machine instead: v2 at /sys/fs/cgroup, memory enabled below it.
 if mount -t tmpfs cgroup /sys/fs/cgroup; then
     mkdir -p /sys/fs/cgroup/memory /sys/fs/cgroup/unified
-    mount -t cgroup -o memory memory /sys/fs/cgroup/memory 2>/dev/null ||
-        { rmdir /sys/fs/cgroup/memory; echo "@@mw warn: no cgroup v1 memory controller"; }
-    mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || echo "@@mw warn: no cgroup2"
+    if mount -t cgroup -o memory memory /sys/fs/cgroup/memory 2>/dev/null; then
+        mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || echo "@@mw warn: no cgroup2"
+    else
+        umount /sys/fs/cgroup
+        if mount -t cgroup2 cgroup2 /sys/fs/cgroup; then
+            echo +memory > /sys/fs/cgroup/cgroup.subtree_control ||
+                echo "@@mw warn: no memory controller in cgroup v2"
+        else
+            echo "@@mw warn: neither a cgroup v1 memory hierarchy nor cgroup2"
+        fi
+    fi
 fi
 ip link set lo up || ifconfig lo 127.0.0.1 up
 
@@ -27,16 +37,41 @@ RUNGS=
 TESTS=1
 FIXTURES=0
 TIMEOUT=600
+DISK=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         memwatch.rungs=*) RUNGS=$(echo "${arg#*=}" | tr , ' ') ;;
         memwatch.tests=*) TESTS=${arg#*=} ;;
         memwatch.fixtures=*) FIXTURES=${arg#*=} ;;
         memwatch.timeout=*) TIMEOUT=${arg#*=} ;;
+        memwatch.disk=*) DISK=${arg#*=} ;;
     esac
 done
 
-echo "@@mw boot $(uname -r) $(nproc) cpus $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
+# The scratch disk: ext4 on a virtio disk, for the tests' temporary files (the
+# initramfs and /tmp are RAM file systems: no writeback, and reclaim can't drop their
+# pages). The modules come decompressed, in load order, for this kernel only.
+SCRATCH=none
+if [ -n "$DISK" ]; then
+    mods=/lib/modules/$(uname -r)
+    for m in $(cat "$mods/modules.load" 2>/dev/null); do
+        insmod "$mods/$m.ko" || echo "@@mw warn: insmod $m failed"
+    done
+    i=0
+    while [ ! -b "/dev/$DISK" ] && [ $i -lt 100 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    mkdir -p /scratch
+    if mount -t ext4 -o noinit_itable "/dev/$DISK" /scratch; then
+        export TMPDIR=/scratch
+        SCRATCH="/dev/$DISK ext4 on /scratch"
+    else
+        echo "@@mw warn: could not mount /dev/$DISK on /scratch; temporary files go to /tmp"
+    fi
+fi
+
+echo "@@mw boot $(uname -r) $(nproc) cpus $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo), scratch: $SCRATCH"
 
 # Fixtures: "@@file <path> <bytes>" then exactly that many bytes, on ttyS1 in raw mode.
 if [ "$FIXTURES" = 1 ]; then
@@ -81,4 +116,5 @@ fi
 
 echo "@@mw done"
 sync
+[ "$SCRATCH" = none ] || umount /scratch
 poweroff -f

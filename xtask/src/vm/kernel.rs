@@ -1,7 +1,7 @@
 //! Debian kernel packages for the VM tests: resolved and downloaded with `apt-get`
 //! through a private apt configuration (the host's sources, lists and caches are left
 //! alone), cached outside the work tree, and unpacked to the files QEMU and the harness
-//! need (vmlinuz and the config).
+//! need (vmlinuz and the config; modules.rs takes modules from the package).
 
 use std::{
     collections::BTreeMap,
@@ -45,6 +45,8 @@ pub struct Kernel {
     pub release: String,
     pub vmlinuz: PathBuf,
     pub config: PathBuf,
+    /// The package file in the cache (modules are taken from it on demand).
+    pub deb: PathBuf,
 }
 
 impl Kernel {
@@ -139,8 +141,9 @@ fn read_cached(series: &Series, dir: &Path) -> Result<Kernel> {
         release: field("release")?,
         vmlinuz: dir.join("vmlinuz"),
         config: dir.join("config"),
+        deb: field("deb")?.into(),
     };
-    for f in [&k.vmlinuz, &k.config] {
+    for f in [&k.vmlinuz, &k.config, &k.deb] {
         if !f.is_file() {
             bail!("{} missing", f.display());
         }
