@@ -108,6 +108,24 @@ fn unit_verifies() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.trim().is_empty(), "warnings: {stderr}");
 
+    // systemd's own exposure score of the sandbox (0 = locked down, 10 = exposed).
+    let out = Command::new(which("systemd-analyze").unwrap())
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for memwatch.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    println!("systemd-analyze security: exposure {score}");
+    assert!(
+        score <= 4.0,
+        "exposure {score} (3.7 when written):\n{report}"
+    );
+
     // What the unit promises.
     assert_eq!(unit_values(UNIT, "Type"), ["notify"]);
     assert_eq!(unit_values(UNIT, "Restart"), ["on-failure"]);
