@@ -5,6 +5,7 @@ mod collectors;
 mod config;
 mod episodes;
 mod metrics;
+mod notify;
 mod privileges;
 mod probes;
 mod server;
@@ -248,21 +249,39 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
             None
         };
         let registry = Arc::new(registry);
-        log::info!(
-            "serving {} on http://{}",
-            cfg.web.telemetry_path,
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
+        // Everything that needed privileges is done: programs attached, tracefs and
+        // /proc/timer_list read, the episode log opened.
+        let kept = drop_capabilities(&cfg);
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        log::info!("serving {} on http://{local}", cfg.web.telemetry_path);
         let state = server::AppState {
             registry,
             episodes: running.as_ref().and_then(|r| r.tracker.clone()),
         };
+        if let Some(n) = notify::Notifier::from_env() {
+            let status = service_status(&local, running.as_ref(), &kept);
+            // The listener is bound and answers as soon as `serve` below polls it.
+            n.notify(&format!("READY=1\nSTATUS={status}"));
+            if let Some(every) = notify::watchdog_interval() {
+                log::info!("systemd watchdog: pinging every {every:?}");
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        n.notify("WATCHDOG=1");
+                    }
+                });
+            }
+        }
         server::serve(listener, state, &cfg.web.telemetry_path, shutdown_signal())
             .await
             .context("serving HTTP")?;
+        if let Some(n) = notify::Notifier::from_env() {
+            n.notify("STOPPING=1");
+        }
         if let Some(r) = running {
             let n = r
                 .attached
@@ -275,6 +294,48 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
         }
         Ok(())
     })
+}
+
+/// Drops the capabilities the running daemon no longer needs and logs what it kept;
+/// returns that description ("none" when nothing).
+fn drop_capabilities(cfg: &Config) -> String {
+    let threads = privileges::thread_count();
+    if threads > 1 {
+        log::warn!("{threads} threads before dropping capabilities: only this one loses them");
+    }
+    match privileges::drop_after_attach(cfg.collectors.processes) {
+        Ok(d) => {
+            let kept = d.describe();
+            log::info!(
+                "dropped capabilities {}; kept: {kept}",
+                privileges::names(d.before & !d.kept_set())
+            );
+            kept
+        }
+        Err(e) => {
+            log::warn!("could not drop capabilities: {e}; running with the ones given");
+            "all given (drop failed)".into()
+        }
+    }
+}
+
+/// The one-line STATUS= for systemd: where it serves, which rungs the hooks run on,
+/// the capabilities kept.
+fn service_status(local: &str, running: Option<&Running>, kept: &str) -> String {
+    let hooks = match running {
+        None => "no eBPF (/proc metrics only)".to_string(),
+        Some(r) => {
+            let total = r.attached.outcomes.len();
+            let mut by_mode: std::collections::BTreeMap<String, usize> = Default::default();
+            for m in r.attached.outcomes.iter().filter_map(|o| o.chosen) {
+                *by_mode.entry(m.to_string()).or_default() += 1;
+            }
+            let attached: usize = by_mode.values().sum();
+            let modes: Vec<String> = by_mode.iter().map(|(m, n)| format!("{n} {m}")).collect();
+            format!("{attached}/{total} hooks attached ({})", modes.join(", "))
+        }
+    };
+    format!("serving on {local}; {hooks}; capabilities kept: {kept}")
 }
 
 /// Probes attached and what reads them.

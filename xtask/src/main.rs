@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask setup | run | test | vm-test | vm-fixtures`.
+//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures`.
 
 mod bench;
+mod install;
 mod setup;
 mod vm;
 
@@ -33,6 +34,13 @@ enum Task {
     /// Set up, then check formatting and lints, run every test on this host, then the
     /// integration tests on Debian kernels in QEMU (`vm-test --kernel all`).
     Test,
+    /// Build memwatch (release) and install the binary (PREFIX/bin), the systemd unit
+    /// (/etc/systemd/system) and a commented default config (/etc/memwatch/memwatch.toml,
+    /// kept if it exists); --root installs below a staging directory.
+    Install(install::InstallArgs),
+    /// Build a Debian package (target/dist/memwatch_VERSION_ARCH.deb) with the same
+    /// files: /usr/bin/memwatch, /lib/systemd/system/memwatch.service, the config.
+    Dist(install::DistArgs),
     /// Run the integration tests on Debian kernels (5.10, 6.1, 6.12) in QEMU, once per
     /// probe rung (fentry, kprobe, tracepoint).
     VmTest(vm::TestArgs),
@@ -129,6 +137,8 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Install(args) => install::install(args),
+        Task::Dist(args) => install::dist(args),
         Task::VmTest(args) => {
             setup::run()?;
             let counts = vm::test(&args)?;

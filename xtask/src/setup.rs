@@ -31,6 +31,13 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // `cargo xtask bench scrape`: node_exporter 1.5, the CPU-per-scrape baseline.
     "prometheus-node-exporter",
+    // `systemd-analyze verify` of deploy/memwatch.service. Harmless where systemd is not
+    // PID 1: its scripts start nothing there, and nothing here boots with it.
+    "systemd",
+    // setpriv (the capability-only run of the service test) and dpkg-deb (`cargo xtask
+    // dist`): essential on Debian, listed so a trimmed image gets them back.
+    "util-linux",
+    "dpkg",
 ];
 
 /// Packages that install a service we don't want running (on systemd hosts apt starts

@@ -88,10 +88,30 @@ pub struct Agent {
 impl Agent {
     /// Starts `memwatch run` on a free loopback port and waits until /healthz answers.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(&[], extra, &[], true)
+    }
+
+    /// Starts `memwatch run` on a free loopback port through `wrapper` (a command that
+    /// execs the rest, e.g. setpriv; empty: none), with `env` added, and waits until
+    /// /healthz answers when `wait` is set.
+    pub fn start_with(
+        wrapper: &[String],
+        extra: &[&str],
+        env: &[(&str, String)],
+        wait: bool,
+    ) -> Self {
         let port = free_port();
         let log =
             std::env::temp_dir().join(format!("memwatch-test-{}-{port}.log", std::process::id()));
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg("run")
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .args(extra);
@@ -110,6 +130,9 @@ impl Agent {
             port,
             log,
         };
+        if !wait {
+            return agent;
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(body) = http_get(port, "/healthz") {
@@ -127,6 +150,16 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         agent
+    }
+
+    /// The agent's pid (the wrapper's, which exec'd it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// None while running, else its exit status.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
     }
 
     pub fn log_text(&self) -> String {
