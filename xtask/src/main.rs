@@ -113,7 +113,7 @@ fn real_main() -> Result<()> {
             ebpf_clippy()?;
             // One test binary at a time, one test thread each: the root tests load
             // probes and run workloads whose counts must not mix.
-            let host = test_summary(&["test", "--", "--test-threads=1"]);
+            let host = test_summary(&["test", "--no-fail-fast", "--", "--test-threads=1"]);
             // The VM matrix runs even when a host test failed, so one run shows both.
             let vm = vm::test(&vm::TestArgs {
                 kernel: "all".into(),
