@@ -1,0 +1,913 @@
+//! The Prometheus, Grafana and Kubernetes files under deploy/ and grafana/:
+//! - the dashboards' structure (no privileges needed);
+//! - `promtool check rules` and `promtool test rules` (when promtool is installed);
+//! - the Kubernetes manifests with kubernetes-validate (installed by `cargo xtask setup`);
+//! - the real thing (root): Debian's Prometheus scrapes a running memwatch every second
+//!   while COW, dirty-page and reclaim workloads run, then every panel query and every
+//!   rule expression is evaluated through Prometheus's HTTP API. Panels the running
+//!   probe rung can't feed are listed with the reason.
+//!
+//! The dashboards and rules are compiled in, so the structural checks also run in the
+//! VMs; the tools are not there, and those tests skip with the reason.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use common::{
+    free_port, root_or_skip,
+    workload::{Ctl, Workload},
+    Agent, TempFile,
+};
+use serde_json::Value;
+
+const DASHBOARDS: &[(&str, &str)] = &[
+    (
+        "memwatch-host.json",
+        include_str!("../../grafana/dashboards/memwatch-host.json"),
+    ),
+    (
+        "memwatch-redis-fork.json",
+        include_str!("../../grafana/dashboards/memwatch-redis-fork.json"),
+    ),
+];
+const RULES: &str = include_str!("../../deploy/prometheus/memwatch.rules.yml");
+const ALERTS: &str = include_str!("../../deploy/prometheus/memwatch.alerts.yml");
+const ALERTS_DOC: &str = include_str!("../../docs/ALERTS.md");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(d: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels array") {
+        out.push(p);
+        if let Some(nested) = p["panels"].as_array() {
+            out.extend(nested);
+        }
+    }
+    out
+}
+
+fn is_datasource_var(ds: &Value) -> bool {
+    ds["uid"] == "${datasource}" || ds == "${datasource}"
+}
+
+#[test]
+fn dashboards_are_well_formed() {
+    for (name, text) in DASHBOARDS {
+        let d: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: invalid JSON: {e}"));
+        let schema = d["schemaVersion"].as_u64();
+        assert!(
+            schema.is_some_and(|v| v >= 30),
+            "{name}: schemaVersion {schema:?}"
+        );
+        assert!(
+            d["uid"].as_str().is_some_and(|u| !u.is_empty()),
+            "{name}: no uid"
+        );
+        assert!(d["title"].as_str().is_some(), "{name}: no title");
+
+        // Variables: datasource, instance, comm, cgroup; the query ones use ${datasource}.
+        let vars: BTreeMap<&str, &Value> = d["templating"]["list"]
+            .as_array()
+            .expect("templating.list")
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v))
+            .collect();
+        for want in ["datasource", "instance", "comm", "cgroup"] {
+            assert!(vars.contains_key(want), "{name}: no ${want} variable");
+        }
+        assert_eq!(vars["datasource"]["type"], "datasource");
+        assert_eq!(vars["datasource"]["query"], "prometheus");
+        for (v, def) in &vars {
+            if def["type"] == "query" {
+                assert!(
+                    is_datasource_var(&def["datasource"]),
+                    "{name}: variable {v} does not use ${{datasource}}"
+                );
+            }
+        }
+
+        let all = panels(&d);
+        let mut ids = BTreeSet::new();
+        let mut boxes: Vec<(&str, u64, u64, u64, u64)> = Vec::new();
+        for p in &all {
+            let title = p["title"].as_str().unwrap_or("?");
+            let id = p["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: {title}: no id"));
+            assert!(ids.insert(id), "{name}: panel id {id} ({title}) twice");
+            let g = &p["gridPos"];
+            let (x, y, w, h) = (
+                g["x"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{title}: gridPos.x")),
+                g["y"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{title}: gridPos.y")),
+                g["w"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{title}: gridPos.w")),
+                g["h"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{title}: gridPos.h")),
+            );
+            assert!(w >= 1 && h >= 1, "{name}: {title}: empty gridPos");
+            assert!(x + w <= 24, "{name}: {title}: x {x} + w {w} > 24 columns");
+            for (other, ox, oy, ow, oh) in &boxes {
+                let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+                assert!(!overlap, "{name}: {title} overlaps {other}");
+            }
+            boxes.push((title, x, y, w, h));
+
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(
+                is_datasource_var(&p["datasource"]),
+                "{name}: {title}: datasource is not ${{datasource}}"
+            );
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{name}: {title}: no query");
+            let mut refs = BTreeSet::new();
+            for t in targets {
+                assert!(
+                    is_datasource_var(&t["datasource"]),
+                    "{name}: {title}: a query's datasource is not ${{datasource}}"
+                );
+                assert!(
+                    t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                    "{name}: {title}: empty expr"
+                );
+                assert!(
+                    refs.insert(t["refId"].as_str().unwrap_or("")),
+                    "{name}: {title}: refId twice"
+                );
+            }
+        }
+        println!(
+            "{name}: {} panels, schemaVersion {}",
+            all.len(),
+            schema.unwrap()
+        );
+    }
+}
+
+/// The rule and alert expressions (one per `expr:` line), with their rule's name.
+fn rule_exprs() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for text in [RULES, ALERTS] {
+        let mut name = String::new();
+        for line in text.lines() {
+            let l = line.trim_start().trim_start_matches("- ");
+            if let Some(n) = l
+                .strip_prefix("alert: ")
+                .or_else(|| l.strip_prefix("record: "))
+            {
+                name = n.trim().to_string();
+            } else if let Some(e) = l.strip_prefix("expr: ") {
+                let e = e.trim();
+                assert!(
+                    !e.starts_with('|') && !e.starts_with('>'),
+                    "{name}: keep the expr on one line (this test reads it line by line)"
+                );
+                out.push((name.clone(), e.to_string()));
+            }
+        }
+    }
+    let rules = RULES.matches("- record: ").count() + ALERTS.matches("- alert: ").count();
+    assert_eq!(out.len(), rules, "one expr per rule");
+    out
+}
+
+#[test]
+fn every_alert_has_annotations_and_a_runbook_section() {
+    let blocks: Vec<&str> = ALERTS.split("- alert: ").skip(1).collect();
+    assert!(blocks.len() >= 10, "{} alerts", blocks.len());
+    for b in blocks {
+        let name = b.lines().next().unwrap().trim();
+        for key in ["summary:", "description:", "runbook_url:"] {
+            assert!(b.contains(key), "{name}: no {key}");
+        }
+        let anchor = format!("ALERTS.md#{}", name.to_lowercase());
+        assert!(b.contains(&anchor), "{name}: runbook_url is not {anchor}");
+        assert!(
+            ALERTS_DOC.contains(&format!("\n## {name}\n")),
+            "{name}: no section in docs/ALERTS.md"
+        );
+        assert!(
+            deploy_test_mentions(name),
+            "{name}: not in deploy/prometheus/tests"
+        );
+    }
+}
+
+fn deploy_test_mentions(alert: &str) -> bool {
+    include_str!("../../deploy/prometheus/tests/memwatch_alerts_test.yml")
+        .contains(&format!("alertname: {alert}\n"))
+}
+
+/// The first of `candidates` that exists, or a skip line naming `what`.
+fn tool(test: &str, what: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    if found.is_none() {
+        println!(
+            "SKIP {test}: {what} not found (looked at {candidates:?}); `cargo xtask setup` installs it"
+        );
+    }
+    found
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_checks_and_tests_the_rules() {
+    let test = "promtool_checks_and_tests_the_rules";
+    let Some(promtool) = tool(test, "promtool", &[PathBuf::from("/usr/bin/promtool")]) else {
+        return;
+    };
+    let dir = repo().join("deploy/prometheus");
+    if !dir.is_dir() {
+        println!("SKIP {test}: no source tree at {}", dir.display());
+        return;
+    }
+    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+        "check",
+        "rules",
+        "memwatch.rules.yml",
+        "memwatch.alerts.yml",
+    ]));
+    print!("{out}");
+    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+        "check",
+        "config",
+        "prometheus.yml",
+    ]));
+    print!("{out}");
+    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+        "test",
+        "rules",
+        "tests/memwatch_alerts_test.yml",
+    ]));
+    print!("{out}");
+}
+
+#[test]
+fn kubernetes_manifests_validate() {
+    let test = "kubernetes_manifests_validate";
+    let mut candidates = vec![repo().join("target/tools/venv/bin/kubernetes-validate")];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("kubernetes-validate")));
+    }
+    let Some(kv) = tool(test, "kubernetes-validate", &candidates) else {
+        return;
+    };
+    let dir = repo().join("deploy/kubernetes");
+    if !dir.is_dir() {
+        println!("SKIP {test}: no source tree at {}", dir.display());
+        return;
+    }
+    // Core resources strictly (unknown fields fail), against the schemas
+    // kubernetes-validate bundles for 1.29: no network.
+    let core = ["namespace.yaml", "daemonset.yaml", "service.yaml"];
+    let out = run_ok(
+        Command::new(&kv)
+            .current_dir(&dir)
+            .args(["-k", "1.29", "--strict"])
+            .args(core),
+    );
+    print!("{out}");
+    for f in core {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("INFO {f} passed"))),
+            "{f} was not validated:\n{out}"
+        );
+    }
+    // The PodMonitor is a CRD that kubernetes-validate has no schema for (it only
+    // warns): validate it against deploy/kubernetes/schemas/podmonitor.json with the
+    // jsonschema that kubernetes-validate's venv brings.
+    let python = kv.with_file_name("python");
+    if !python.is_file() {
+        println!(
+            "SKIP {test} (PodMonitor): no venv python next to {}",
+            kv.display()
+        );
+        return;
+    }
+    let out = run_ok(
+        Command::new(&python)
+            .current_dir(&dir)
+            .args(["validate_crds.py", "podmonitor.yaml"]),
+    );
+    print!("{out}");
+    assert!(out.contains("INFO podmonitor.yaml passed"), "{out}");
+}
+
+// ------------------------------------------------------------------ live Prometheus
+
+/// The watched comm of the COW workload (memwatch is told to make episodes of it).
+const COW_COMM: &str = "mw-promcow";
+const COW_BYTES: usize = 64 << 20;
+
+/// Name itself COW_COMM, touch COW_BYTES, fork a child that lives 3 s, write every page
+/// while it lives (COW), reap it, report 'C'.
+fn cow_body(ctl: &Ctl) -> i32 {
+    // SAFETY: raw syscalls on memory this process maps itself.
+    unsafe {
+        let name = b"mw-promcow\0";
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            COW_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        ) as *mut u8;
+        if p as *mut libc::c_void == libc::MAP_FAILED {
+            return 40;
+        }
+        for i in (0..COW_BYTES).step_by(4096) {
+            *p.add(i) = 1;
+        }
+        for _ in 0..2 {
+            let child = libc::fork();
+            if child < 0 {
+                return 41;
+            }
+            if child == 0 {
+                let ts = libc::timespec {
+                    tv_sec: 3,
+                    tv_nsec: 0,
+                };
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::_exit(0);
+            }
+            for i in (0..COW_BYTES).step_by(4096) {
+                *p.add(i) = 2;
+            }
+            let mut status = 0;
+            libc::waitpid(child, &mut status, 0);
+        }
+        ctl.report(b'C');
+    }
+    0
+}
+
+const DIRTY_BYTES: usize = 64 << 20;
+static DIRTY_PATH: OnceLock<CString> = OnceLock::new();
+
+/// Write DIRTY_BYTES with 4 KiB writes, fsync, report 'W'.
+fn dirty_body(ctl: &Ctl) -> i32 {
+    // SAFETY: raw syscalls on a file and a stack buffer of our own.
+    unsafe {
+        let fd = libc::open(
+            DIRTY_PATH.get().unwrap().as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            0o600,
+        );
+        if fd < 0 {
+            return 50;
+        }
+        let buf = [0x5au8; 4096];
+        for _ in 0..DIRTY_BYTES / 4096 {
+            if libc::write(fd, buf.as_ptr().cast(), buf.len()) != buf.len() as isize {
+                return 51;
+            }
+        }
+        libc::fsync(fd);
+        libc::close(fd);
+        ctl.report(b'W');
+    }
+    0
+}
+
+const MEMCG_LIMIT: u64 = 64 << 20;
+const READ_BYTES: u64 = 192 << 20;
+static READ_PATH: OnceLock<CString> = OnceLock::new();
+static CGROUP_PROCS: OnceLock<CString> = OnceLock::new();
+
+/// Join the memory-limited cgroup, read a file three times its limit twice, report 'R'.
+fn reader_body(ctl: &Ctl) -> i32 {
+    // SAFETY: raw syscalls on files and a stack buffer of our own.
+    unsafe {
+        let procs = libc::open(CGROUP_PROCS.get().unwrap().as_ptr(), libc::O_WRONLY);
+        if procs < 0 || libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+            return 60;
+        }
+        libc::close(procs);
+        let mut buf = [0u8; 65536];
+        for _ in 0..2 {
+            let fd = libc::open(READ_PATH.get().unwrap().as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return 61;
+            }
+            while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+            libc::close(fd);
+        }
+        ctl.report(b'R');
+    }
+    0
+}
+
+/// A memory cgroup (v1 memory hierarchy or v2 memory controller) limited to
+/// MEMCG_LIMIT, removed on drop.
+struct Memcg {
+    dir: PathBuf,
+}
+
+impl Memcg {
+    fn create() -> Option<Self> {
+        let name = format!("memwatch-test-dash-{}", std::process::id());
+        let (root, limit) = if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+        {
+            ("/sys/fs/cgroup", "memory.max")
+        } else {
+            return None;
+        };
+        let dir = Path::new(root).join(name);
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self { dir };
+        std::fs::write(cg.dir.join(limit), MEMCG_LIMIT.to_string()).ok()?;
+        Some(cg)
+    }
+}
+
+impl Drop for Memcg {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Debian's Prometheus on a loopback port with a temporary TSDB; stopped by PID and
+/// its directory removed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(bin: &Path, memwatch_port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("memwatch-test-prom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let rules = repo().join("deploy/prometheus");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n  - {}\n\
+             scrape_configs:\n  - job_name: memwatch\n    scrape_interval: 1s\n    scrape_timeout: 1s\n\
+             \x20   static_configs:\n      - targets: ['127.0.0.1:{memwatch_port}']\n",
+            rules.join("memwatch.rules.yml").display(),
+            rules.join("memwatch.alerts.yml").display(),
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("spawn prometheus");
+        let mut prom = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(prom.port, "/-/ready").map(|(s, _)| s) != Some(200) {
+            if let Some(status) = prom.child.try_wait().unwrap() {
+                panic!("prometheus exited ({status}):\n{}", prom.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                prom.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        prom
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// `/api/v1/query` (instant) or `/api/v1/query_range` over `range` at 1 s steps.
+    fn query(&self, expr: &str, range: Option<(f64, f64)>) -> Result<Vec<Value>, String> {
+        let path = match range {
+            None => format!("/api/v1/query?query={}", urlencode(expr)),
+            Some((start, end)) => format!(
+                "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step=1",
+                urlencode(expr)
+            ),
+        };
+        let (status, body) = get(self.port, &path).ok_or("no answer")?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling the PID of the child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// GET over HTTP/1.0 on loopback: (status, body), any status.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Grafana's variables as the test fills them in: every instance, process and cgroup.
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "15s")
+        .replace("$instance", ".*")
+        .replace("$comm", ".*")
+        .replace("$cgroup", ".*")
+}
+
+/// Metrics that exist only when a hook runs on a function rung (fentry/fexit or
+/// kprobe/kretprobe), or at all: (metric name prefix, family, hook, rungs that feed it).
+const FED_BY: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "memwatch_process_cow_",
+        "cow",
+        "do_wp_page",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_cgroup_cow_",
+        "cow",
+        "do_wp_page",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_cow_copied_bytes",
+        "cow",
+        "do_wp_page",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_wp_fault_duration",
+        "cow",
+        "do_wp_page",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_process_wp_fault_seconds",
+        "cow",
+        "do_wp_page",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_process_thp_wp_faults",
+        "cow",
+        "do_huge_pmd_wp_page",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_process_faults_handled",
+        "faults",
+        "handle_mm_fault",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_cgroup_faults_handled",
+        "faults",
+        "handle_mm_fault",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_dup_mmap",
+        "fork",
+        "dup_mmap",
+        &["fentry", "kprobe"],
+    ),
+    (
+        "memwatch_process_dup_mmap",
+        "fork",
+        "dup_mmap",
+        &["fentry", "kprobe"],
+    ),
+];
+
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("memwatch_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Why the running agent can't feed `expr`, if it can't: every memwatch metric in it
+/// comes from a hook on a rung that doesn't produce it, or from PSI on a host without.
+fn unfed_reason(expr: &str, modes: &BTreeMap<(String, String), String>) -> Option<String> {
+    let names = metric_names(expr);
+    let mut reasons = Vec::new();
+    for n in &names {
+        if n.starts_with("memwatch_pressure_") {
+            if std::fs::read_to_string("/proc/pressure/memory").is_err() {
+                reasons.push("no PSI: /proc/pressure/memory is absent or off".to_string());
+                continue;
+            }
+            return None;
+        }
+        // A metric every rung feeds: the panel should have had series.
+        let (_, fam, hook, rungs) = FED_BY.iter().find(|(p, ..)| n.starts_with(p))?;
+        let mode = modes
+            .get(&(fam.to_string(), hook.to_string()))
+            .map(String::as_str)
+            .unwrap_or("absent");
+        if rungs.contains(&mode) {
+            return None;
+        }
+        reasons.push(format!(
+            "{n}: hook {fam}/{hook} runs on `{mode}` (memwatch_probe_info), needs {}",
+            rungs.join(" or ")
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+#[test]
+fn prometheus_evaluates_every_panel_and_rule() {
+    let test = "prometheus_evaluates_every_panel_and_rule";
+    if !root_or_skip(test) {
+        return;
+    }
+    let Some(prom_bin) = tool(test, "Prometheus", &[PathBuf::from("/usr/bin/prometheus")]) else {
+        return;
+    };
+    if !repo().join("deploy/prometheus").is_dir() {
+        println!(
+            "SKIP {test}: no source tree (the rule files) at {}",
+            repo().display()
+        );
+        return;
+    }
+    let cfg = TempFile::new(
+        "dashboards.toml",
+        &format!(
+            "[episodes]\nwatch_comms = [\"{COW_COMM}\"]\n\n[processes]\ncomm = [\"{COW_COMM}\"]\n"
+        ),
+    );
+    let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
+    let prom = Prometheus::start(&prom_bin, agent.port);
+    let start = now();
+
+    // Workloads, one after the other, while Prometheus scrapes every second.
+    let cow = Workload::spawn(cow_body);
+    cow.expect(b'C');
+    cow.wait_done();
+
+    let dirty = std::env::temp_dir().join(format!("memwatch-test-dash-{}", std::process::id()));
+    let _dirty_cleanup = TempFile(dirty.clone());
+    DIRTY_PATH.get_or_init(|| CString::new(dirty.to_str().unwrap()).unwrap());
+    let w = Workload::spawn(dirty_body);
+    w.expect(b'W');
+    w.wait_done();
+
+    let cg = Memcg::create();
+    let _read_cleanup;
+    let reader = if let Some(cg) = &cg {
+        let read =
+            std::env::temp_dir().join(format!("memwatch-test-dash-{}-read", std::process::id()));
+        _read_cleanup = TempFile(read.clone());
+        {
+            use std::os::fd::AsRawFd;
+            let mut f = std::fs::File::create(&read).unwrap();
+            let chunk = vec![0xa5u8; 1 << 20];
+            for _ in 0..READ_BYTES >> 20 {
+                f.write_all(&chunk).unwrap();
+            }
+            f.sync_all().unwrap();
+            // SAFETY: a valid open fd.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+        READ_PATH.get_or_init(|| CString::new(read.to_str().unwrap()).unwrap());
+        let procs = cg.dir.join("cgroup.procs");
+        CGROUP_PROCS.get_or_init(|| CString::new(procs.to_str().unwrap()).unwrap());
+        let r = Workload::spawn(reader_body);
+        r.expect(b'R');
+        r.wait_done();
+        Some(r)
+    } else {
+        println!("{test}: no writable memory cgroup: the reclaim workload does not run");
+        None
+    };
+
+    // Several scrapes after the workloads, so the last counters are in.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ups = prom
+            .query(
+                "count_over_time(up{job=\"memwatch\"}[10m]) and up{job=\"memwatch\"} == 1",
+                None,
+            )
+            .unwrap();
+        let n = ups
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if n >= 10.0 && now() - start >= 20.0 {
+            println!("{test}: {n} scrapes of memwatch");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape memwatch:\n{}",
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let range = Some((start, now()));
+
+    // What rung each hook runs on, as Prometheus has it.
+    let modes: BTreeMap<(String, String), String> = prom
+        .query("memwatch_probe_info", None)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let m = &s["metric"];
+            (
+                (
+                    m["family"].as_str().unwrap().to_string(),
+                    m["hook"].as_str().unwrap().to_string(),
+                ),
+                m["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(!modes.is_empty(), "no memwatch_probe_info in Prometheus");
+
+    let mut failures = Vec::new();
+    let mut unfed = Vec::new();
+    let mut fed = 0;
+    for (name, text) in DASHBOARDS {
+        let d: Value = serde_json::from_str(text).unwrap();
+        // Variable queries: label_values(selector, label) must find values.
+        for v in d["templating"]["list"].as_array().unwrap() {
+            let Some(q) = v["query"]["query"].as_str() else {
+                continue;
+            };
+            let Some(inner) = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.strip_suffix(')'))
+            else {
+                continue;
+            };
+            let (sel, label) = inner.rsplit_once(',').unwrap();
+            let sel = substitute(sel.trim());
+            match prom.query(&sel, None) {
+                Ok(r) if r.iter().any(|s| s["metric"][label.trim()].is_string()) => {}
+                Ok(_) => failures.push(format!(
+                    "{name}: variable {}: no {} values from {sel}",
+                    v["name"],
+                    label.trim()
+                )),
+                Err(e) => failures.push(format!("{name}: variable {}: {sel}: {e}", v["name"])),
+            }
+        }
+        for p in panels(&d) {
+            let Some(targets) = p["targets"].as_array() else {
+                continue;
+            };
+            let title = p["title"].as_str().unwrap();
+            let mut series = 0;
+            let mut exprs = Vec::new();
+            for t in targets {
+                let expr = substitute(t["expr"].as_str().unwrap());
+                let instant = t["instant"].as_bool().unwrap_or(false);
+                match prom.query(&expr, if instant { None } else { range }) {
+                    Ok(r) => series += r.len(),
+                    Err(e) => failures.push(format!("{name}: {title}: {expr}: {e}")),
+                }
+                exprs.push(expr);
+            }
+            if series > 0 {
+                fed += 1;
+                continue;
+            }
+            let all = exprs.join(" ");
+            match unfed_reason(&all, &modes) {
+                Some(why) => unfed.push(format!("{name}: {title}: {why}")),
+                None => failures.push(format!("{name}: {title}: no series from {exprs:?}")),
+            }
+        }
+    }
+    let mut rules = 0;
+    for (rule, expr) in rule_exprs() {
+        match prom.query(&expr, None) {
+            Ok(_) => rules += 1,
+            Err(e) => failures.push(format!("rule {rule}: {expr}: {e}")),
+        }
+    }
+    // Prometheus loaded the rule files itself and evaluates them without errors.
+    let rule_health = get(prom.port, "/api/v1/rules").unwrap().1;
+    let v: Value = serde_json::from_str(&rule_health).unwrap();
+    for g in v["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            if r["health"] == "err" {
+                failures.push(format!("rule {} unhealthy: {}", r["name"], r["lastError"]));
+            }
+        }
+    }
+
+    println!("{test}: {fed} panels returned series, {rules} rule expressions evaluated");
+    for u in &unfed {
+        println!("not fed on this rung: {u}");
+    }
+    if let Some(r) = reader {
+        r.finish();
+    }
+    cow.finish();
+    w.finish();
+    drop(prom);
+    drop(agent);
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
