@@ -38,7 +38,14 @@ const PACKAGES: &[&str] = &[
     // dist`): essential on Debian, listed so a trimmed image gets them back.
     "util-linux",
     "dpkg",
+    // The venv that kubernetes-validate (PyPI) is installed into: the test that
+    // validates deploy/kubernetes offline.
+    "python3-venv",
 ];
+
+/// kubernetes-validate from PyPI (bundles the Kubernetes JSON schemas, so it validates
+/// offline), installed into a venv under target/tools.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// Packages that install a service we don't want running (on systemd hosts apt starts
 /// it: Prometheus on :9090, node_exporter on :9100); setup stops and disables it right
@@ -56,6 +63,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
+    kubernetes_validate()?;
     eprintln!("xtask: setup done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -285,4 +293,45 @@ fn stop_services(installed_now: &[&str]) {
             eprintln!("xtask: warning: could not stop {unit}; stop it with `systemctl disable --now {unit}`");
         }
     }
+}
+
+/// The venv holding kubernetes-validate (memwatch/tests/dashboards.rs looks here).
+pub fn tools_venv() -> PathBuf {
+    crate::workspace_root().join("target/tools/venv")
+}
+
+/// kubernetes-validate in its own venv (Debian's python3 refuses system-wide pip
+/// installs), installed when missing or at another version.
+fn kubernetes_validate() -> Result<()> {
+    let venv = tools_venv();
+    let kv = venv.join("bin/kubernetes-validate");
+    let version = Command::new(&kv)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if version.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        eprintln!("xtask: kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: present");
+        return Ok(());
+    }
+    if !venv.join("bin/pip").exists() {
+        eprintln!("xtask: creating {}", venv.display());
+        output(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )
+        .context("creating the tools venv: is python3-venv installed?")?;
+    }
+    eprintln!("xtask: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} from PyPI");
+    output(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))?;
+    output(Command::new(&kv).arg("--version"))
+        .context("the freshly installed kubernetes-validate does not run")?;
+    Ok(())
 }
