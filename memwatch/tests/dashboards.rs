@@ -225,13 +225,13 @@ fn tool(test: &str, what: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
     let found = candidates.iter().find(|p| p.is_file()).cloned();
     if found.is_none() {
         println!(
-            "SKIP {test}: {what} not found (looked at {candidates:?}); `cargo xtask setup` installs it"
+            "SKIP {test}: {what} not found (looked at {candidates:?}): not installed on this system (the QEMU test VMs have none); on a development host `cargo xtask setup` installs it"
         );
     }
     found
 }
 
-fn run_ok(cmd: &mut Command) -> String {
+fn run_checked(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -255,20 +255,20 @@ fn promtool_checks_and_tests_the_rules() {
         println!("SKIP {test}: no source tree at {}", dir.display());
         return;
     }
-    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+    let out = run_checked(Command::new(&promtool).current_dir(&dir).args([
         "check",
         "rules",
         "memwatch.rules.yml",
         "memwatch.alerts.yml",
     ]));
     print!("{out}");
-    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+    let out = run_checked(Command::new(&promtool).current_dir(&dir).args([
         "check",
         "config",
         "prometheus.yml",
     ]));
     print!("{out}");
-    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+    let out = run_checked(Command::new(&promtool).current_dir(&dir).args([
         "test",
         "rules",
         "tests/memwatch_alerts_test.yml",
@@ -294,7 +294,7 @@ fn kubernetes_manifests_validate() {
     // Core resources strictly (unknown fields fail), against the schemas
     // kubernetes-validate bundles for 1.29: no network.
     let core = ["namespace.yaml", "daemonset.yaml", "service.yaml"];
-    let out = run_ok(
+    let out = run_checked(
         Command::new(&kv)
             .current_dir(&dir)
             .args(["-k", "1.29", "--strict"])
@@ -319,7 +319,7 @@ fn kubernetes_manifests_validate() {
         );
         return;
     }
-    let out = run_ok(
+    let out = run_checked(
         Command::new(&python)
             .current_dir(&dir)
             .args(["validate_crds.py", "podmonitor.yaml"]),
