@@ -25,7 +25,7 @@ use std::{
 
 use common::{
     free_port, root_or_skip,
-    workload::{Ctl, Workload},
+    workload::{map_populated, Ctl, Workload},
     Agent, TempFile,
 };
 use serde_json::Value;
@@ -334,27 +334,16 @@ fn kubernetes_manifests_validate() {
 const COW_COMM: &str = "mw-promcow";
 const COW_BYTES: usize = 64 << 20;
 
-/// Name itself COW_COMM, touch COW_BYTES, fork a child that lives 3 s, write every page
+/// Name itself COW_COMM, touch COW_BYTES (4 KiB pages), fork a child that lives 3 s, write every page
 /// while it lives (COW), reap it, report 'C'.
 fn cow_body(ctl: &Ctl) -> i32 {
     // SAFETY: raw syscalls on memory this process maps itself.
     unsafe {
         let name = b"mw-promcow\0";
         libc::prctl(libc::PR_SET_NAME, name.as_ptr());
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            COW_BYTES,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        ) as *mut u8;
-        if p as *mut libc::c_void == libc::MAP_FAILED {
+        let Some(p) = map_populated(COW_BYTES / 4096) else {
             return 40;
-        }
-        for i in (0..COW_BYTES).step_by(4096) {
-            *p.add(i) = 1;
-        }
+        };
         for _ in 0..2 {
             let child = libc::fork();
             if child < 0 {
@@ -853,25 +842,31 @@ fn prometheus_evaluates_every_panel_and_rule() {
                 continue;
             };
             let title = p["title"].as_str().unwrap();
-            let mut series = 0;
-            let mut exprs = Vec::new();
+            // Every query of the panel must return series, or be one the running
+            // rung can't feed (then the panel is listed, with the reason).
+            let mut reasons = Vec::new();
+            let mut empty = 0;
             for t in targets {
                 let expr = substitute(t["expr"].as_str().unwrap());
                 let instant = t["instant"].as_bool().unwrap_or(false);
                 match prom.query(&expr, if instant { None } else { range }) {
-                    Ok(r) => series += r.len(),
+                    Ok(r) if !r.is_empty() => {}
+                    Ok(_) => {
+                        empty += 1;
+                        match unfed_reason(&expr, &modes) {
+                            Some(why) => reasons.push(why),
+                            None => {
+                                failures.push(format!("{name}: {title}: no series from {expr}"))
+                            }
+                        }
+                    }
                     Err(e) => failures.push(format!("{name}: {title}: {expr}: {e}")),
                 }
-                exprs.push(expr);
             }
-            if series > 0 {
+            if empty == 0 {
                 fed += 1;
-                continue;
-            }
-            let all = exprs.join(" ");
-            match unfed_reason(&all, &modes) {
-                Some(why) => unfed.push(format!("{name}: {title}: {why}")),
-                None => failures.push(format!("{name}: {title}: no series from {exprs:?}")),
+            } else if !reasons.is_empty() {
+                unfed.push(format!("{name}: {title}: {}", reasons.join("; ")));
             }
         }
     }
