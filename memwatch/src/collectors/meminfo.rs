@@ -5,18 +5,13 @@
 //! `memwatch_meminfo_active_anon_bytes`, `HugePages_Free` →
 //! `memwatch_meminfo_huge_pages_free_pages`. The HELP text keeps the kernel's spelling.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
-
-use anyhow::Context as _;
+use std::path::Path;
 
 use super::{
-    procfs::{self, ReadBuf},
+    procfs::{self, FieldFile, FieldLine},
     Collector, ParseErrors,
 };
-use crate::metrics::{Kind, PositionalCache, Rendered, Text};
+use crate::metrics::{Kind, Rendered, Text};
 
 /// One parsed line of /proc/meminfo.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,20 +81,11 @@ fn parse_line(line: &str) -> Option<Entry<'_>> {
 }
 
 /// The meminfo collector.
-pub struct Meminfo {
-    path: PathBuf,
-    errors: ParseErrors,
-    /// The file buffer and the rendered names, kept between scrapes.
-    state: Mutex<(ReadBuf, PositionalCache)>,
-}
+pub struct Meminfo(FieldFile);
 
 impl Meminfo {
     pub fn new(proc_root: impl AsRef<Path>, errors: ParseErrors) -> Self {
-        Self {
-            path: proc_root.as_ref().join("meminfo"),
-            errors,
-            state: Mutex::default(),
-        }
+        Self(FieldFile::new(proc_root.as_ref().join("meminfo"), errors))
     }
 }
 
@@ -109,36 +95,26 @@ impl Collector for Meminfo {
     }
 
     fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (buf, cache) = &mut *state;
-        buf.read(&self.path)
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        let text = buf.text();
-        let mut errors = 0;
-        let mut k = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Some(e) = parse_line(line) else {
-                log::debug!("{}: skipping malformed line {line:?}", self.path.display());
-                errors += 1;
-                continue;
-            };
-            let bytes = e.unit.is_some();
-            let r = cache.get(k, e.field, u8::from(bytes), || {
+        self.0.write_text(
+            out,
+            |line| {
+                let e = parse_line(line)?;
+                Some(FieldLine {
+                    field: e.field,
+                    variant: u8::from(e.unit.is_some()),
+                    value: e.value as f64,
+                })
+            },
+            |field, bytes| {
+                let bytes = bytes == 1;
                 let help = if bytes {
-                    format!("/proc/meminfo field {}, in bytes.", e.field)
+                    format!("/proc/meminfo field {field}, in bytes.")
                 } else {
-                    format!("/proc/meminfo field {}.", e.field)
+                    format!("/proc/meminfo field {field}.")
                 };
-                Rendered::new(metric_name(e.field, bytes), &help, Kind::Gauge)
-            });
-            k += 1;
-            // A field twice (or two spelling the same name): the first one stays.
-            if !r.write(out, e.value as f64) {
-                errors += 1;
-            }
-        }
-        self.errors.add(errors);
-        Ok(())
+                Rendered::new(metric_name(field, bytes), &help, Kind::Gauge)
+            },
+        )
     }
 }
 

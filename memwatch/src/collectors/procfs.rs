@@ -200,6 +200,64 @@ pub fn is_event_counter(field: &str) -> bool {
     }
 }
 
+/// A /proc file with one `field value` line per series (meminfo, vmstat): read into a
+/// reused buffer, each line parsed and written through a cache of rendered series kept
+/// by position. Malformed lines and repeated names are skipped and counted.
+pub struct FieldFile {
+    path: std::path::PathBuf,
+    errors: super::ParseErrors,
+    state: std::sync::Mutex<(ReadBuf, crate::metrics::PositionalCache)>,
+}
+
+/// One parsed line: the field's name, a variant of its rendering (e.g. its unit), and
+/// the sample value.
+pub struct FieldLine<'a> {
+    pub field: &'a str,
+    pub variant: u8,
+    pub value: f64,
+}
+
+impl FieldFile {
+    pub fn new(path: std::path::PathBuf, errors: super::ParseErrors) -> Self {
+        Self {
+            path,
+            errors,
+            state: Default::default(),
+        }
+    }
+
+    /// Reads the file and writes every line `parse` accepts, rendered once by `render`.
+    pub fn write_text(
+        &self,
+        out: &mut crate::metrics::Text,
+        parse: impl for<'a> Fn(&'a str) -> Option<FieldLine<'a>>,
+        render: impl Fn(&str, u8) -> crate::metrics::Rendered,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (buf, cache) = &mut *state;
+        buf.read(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let mut errors = 0;
+        let mut k = 0;
+        for line in buf.text().lines().filter(|l| !l.trim().is_empty()) {
+            let Some(f) = parse(line) else {
+                log::debug!("{}: skipping malformed line {line:?}", self.path.display());
+                errors += 1;
+                continue;
+            };
+            let r = cache.get(k, f.field, f.variant, || render(f.field, f.variant));
+            k += 1;
+            // A field twice (or two spelling the same name): the first one stays.
+            if !r.write(out, f.value) {
+                errors += 1;
+            }
+        }
+        self.errors.add(errors);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,18 +7,13 @@
 //! field a future kernel adds is exported too. Values are the kernel's: pages for the
 //! `nr_*` amounts and for most page events, plain counts for the rest.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
-
-use anyhow::Context as _;
+use std::path::Path;
 
 use super::{
-    procfs::{self, ReadBuf},
+    procfs::{self, FieldFile, FieldLine},
     Collector, ParseErrors,
 };
-use crate::metrics::{Kind, PositionalCache, Rendered, Text};
+use crate::metrics::{Kind, Rendered, Text};
 
 /// One line of /proc/vmstat (or of a `key value` block of /proc/zoneinfo).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,20 +90,11 @@ fn rendered(field: &str) -> Rendered {
 }
 
 /// The vmstat collector.
-pub struct Vmstat {
-    path: PathBuf,
-    errors: ParseErrors,
-    /// The file buffer and the rendered names, kept between scrapes.
-    state: Mutex<(ReadBuf, PositionalCache)>,
-}
+pub struct Vmstat(FieldFile);
 
 impl Vmstat {
     pub fn new(proc_root: impl AsRef<Path>, errors: ParseErrors) -> Self {
-        Self {
-            path: proc_root.as_ref().join("vmstat"),
-            errors,
-            state: Mutex::default(),
-        }
+        Self(FieldFile::new(proc_root.as_ref().join("vmstat"), errors))
     }
 }
 
@@ -118,28 +104,18 @@ impl Collector for Vmstat {
     }
 
     fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (buf, cache) = &mut *state;
-        buf.read(&self.path)
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        let text = buf.text();
-        let mut errors = 0;
-        let mut k = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Some(f) = parse_kv(line) else {
-                log::debug!("{}: skipping malformed line {line:?}", self.path.display());
-                errors += 1;
-                continue;
-            };
-            let r = cache.get(k, f.name, 0, || rendered(f.name));
-            k += 1;
-            // A repeated field: the first one stays.
-            if !r.write(out, f.value) {
-                errors += 1;
-            }
-        }
-        self.errors.add(errors);
-        Ok(())
+        self.0.write_text(
+            out,
+            |line| {
+                let f = parse_kv(line)?;
+                Some(FieldLine {
+                    field: f.name,
+                    variant: 0,
+                    value: f.value,
+                })
+            },
+            |field, _| rendered(field),
+        )
     }
 }
 
