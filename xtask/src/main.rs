@@ -122,6 +122,7 @@ fn real_main() -> Result<()> {
                 accel: vm::Accel::Tcg,
                 quiet: false,
                 append: String::new(),
+                only: Vec::new(),
             });
             let (host, vm) = (host?, vm?);
             println!("host: {}", host.counts);

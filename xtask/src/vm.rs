@@ -65,6 +65,9 @@ pub struct TestArgs {
     /// More kernel command-line arguments (debugging, e.g. `loglevel=7`).
     #[arg(long, default_value = "")]
     pub append: String,
+    /// Only these test binaries (e.g. `--only cow_fork --only host`; default: all).
+    #[arg(long)]
+    pub only: Vec<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -635,7 +638,24 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
             .collect()
     };
     let kernels = fetch(&series, args.refresh)?;
-    let (memwatch, binaries) = build_tests()?;
+    let (memwatch, mut binaries) = build_tests()?;
+    if !args.only.is_empty() {
+        if let Some(missing) = args
+            .only
+            .iter()
+            .find(|o| !binaries.iter().any(|b| &&b.name == o))
+        {
+            bail!(
+                "--only {missing}: no such test binary (there are: {})",
+                binaries
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        binaries.retain(|b| args.only.contains(&b.name));
+    }
 
     let mut contents = initramfs::Contents::default();
     contents
