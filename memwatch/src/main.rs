@@ -23,7 +23,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     collectors::Registry,
     config::{Config, LogLevel, ProbeMode},
-    probes::{loader::Attempt, table::Mode, HookOutcome, KernelSupport},
+    probes::{
+        loader::{on_functions, Attempt},
+        table::Mode,
+        HookOutcome, KernelSupport,
+    },
 };
 
 #[derive(Parser)]
@@ -364,7 +368,7 @@ async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Ru
         .filter_map(|o| o.chosen.map(|m| (o.hook.name, m)))
         .collect();
     let cow = if matches!(hooks.get("do_wp_page"), Some(Mode::Fentry | Mode::Kprobe))
-        && hooks.contains_key("wp_page_reuse")
+        && hooks.contains_key("cow_copy")
     {
         episodes::CowSource::Copies
     } else {
@@ -538,8 +542,12 @@ fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> Str
                 Some(a) if a.skipped => {
                     format!("skipped ({})", a.result.as_ref().err().map_or("", |e| e))
                 }
-                Some(Attempt { result: Ok(()), .. }) if def.loses.is_empty() => "ok".to_string(),
-                Some(Attempt { result: Ok(()), .. }) => format!("ok, but loses: {}", def.loses),
+                Some(Attempt { result: Ok(p), .. }) if def.loses.is_empty() => {
+                    format!("ok{}", on_functions(p))
+                }
+                Some(Attempt { result: Ok(p), .. }) => {
+                    format!("ok{}, but loses: {}", on_functions(p), def.loses)
+                }
                 Some(Attempt { result: Err(e), .. }) => format!("no: {e}"),
                 None => "not tried".to_string(),
             };

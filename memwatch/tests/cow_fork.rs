@@ -122,13 +122,22 @@ fn writes_after_the_child_exited_are_reuses() {
         d("memwatch_process_cow_reuses_total"),
     );
     println!("workload pid {pid}: {copies} copies, {reuses} reuses");
+    // Within 1%, not exactly: 5.10 copies a sole-owner page that something else still
+    // holds a reference to, e.g. the last few pages faulted in, still in a per-CPU LRU
+    // add batch (measured: 3 of 16384 there, none on 6.1/6.12). Every write-protect
+    // fault is one or the other.
     assert!(
-        (PAGES as f64..=PAGES as f64 * 1.01).contains(&reuses),
+        (PAGES as f64 * 0.99..=PAGES as f64 * 1.01).contains(&reuses),
         "reuses {reuses} not within 1% of {PAGES}"
     );
     assert!(
         copies <= PAGES as f64 * 0.01,
         "{copies} copies where none were due"
+    );
+    assert!(
+        (PAGES as f64..=PAGES as f64 * 1.02).contains(&(copies + reuses)),
+        "copies + reuses {} against {PAGES} pages written",
+        copies + reuses
     );
     assert!(agent.stop().success());
 }

@@ -139,7 +139,7 @@ pub trait RowSource: Send {
 /// How COW is counted on this kernel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CowSource {
-    /// do_wp_page exits without reuse (function rungs with wp_page_reuse).
+    /// New anonymous pages mapped inside do_wp_page (function rungs with cow_copy).
     Copies,
     /// Write-protect faults (tracepoint rung).
     WriteProtectFaults,

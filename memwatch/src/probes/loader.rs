@@ -5,7 +5,7 @@ use std::io;
 
 use aya::{
     programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
-    Ebpf,
+    Btf, Ebpf,
 };
 
 use super::{
@@ -19,8 +19,9 @@ use crate::config::ProbeMode;
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub mode: Mode,
-    /// `Ok` if it attached; otherwise why not.
-    pub result: Result<(), String>,
+    /// `Ok` if it attached, with the functions picked where the table names
+    /// alternatives (`a|b`; empty if none); otherwise why not.
+    pub result: Result<Vec<&'static str>, String>,
     /// The rung was not tried (forced mode, or an earlier rung won).
     pub skipped: bool,
 }
@@ -96,7 +97,13 @@ pub fn attach_all(
             }
             let result = attach_rung(ebpf, support, rung.attach, &outcomes);
             match &result {
-                Ok(()) => log::debug!("{}/{}: {} attached", hook.family, hook.name, rung.mode),
+                Ok(picked) => log::debug!(
+                    "{}/{}: {} attached{}",
+                    hook.family,
+                    hook.name,
+                    rung.mode,
+                    on_functions(picked)
+                ),
                 Err(e) => log::debug!("{}/{}: {} failed: {e}", hook.family, hook.name, rung.mode),
             }
             if result.is_ok() && chosen.is_none() {
@@ -109,7 +116,15 @@ pub fn attach_all(
             });
         }
         match chosen {
-            Some(m) => log::info!("probe {}/{}: {m}", hook.family, hook.name),
+            Some(m) => {
+                let picked = attempts
+                    .iter()
+                    .find(|a| a.mode == m)
+                    .and_then(|a| a.result.as_ref().ok())
+                    .map(|p| on_functions(p))
+                    .unwrap_or_default();
+                log::info!("probe {}/{}: {m}{picked}", hook.family, hook.name)
+            }
             None => log::warn!(
                 "probe {}/{}: no rung attached ({}); its metrics will be absent",
                 hook.family,
@@ -130,6 +145,15 @@ pub fn attach_all(
     outcomes
 }
 
+/// " (on f, g)" for the functions picked among alternatives, "" for none.
+pub fn on_functions(picked: &[&str]) -> String {
+    if picked.is_empty() {
+        String::new()
+    } else {
+        format!(" (on {})", picked.join(", "))
+    }
+}
+
 /// The rung a forced mode selects for this hook: the forced one where the hook has it,
 /// else none (the hook walks its own ladder).
 fn forced_mode(hook: &Hook, mode: ProbeMode) -> Option<Mode> {
@@ -143,37 +167,69 @@ fn forced_mode(hook: &Hook, mode: ProbeMode) -> Option<Mode> {
 }
 
 /// Attaches every program of a rung, or none: on failure the ones already attached
-/// are unloaded again.
+/// are unloaded again. Where the table names alternative functions (`a|b`, the same
+/// list for a rung's entry and exit programs), the rung is tried on each in turn and
+/// the functions it attached to are returned.
 fn attach_rung(
     ebpf: &mut Ebpf,
     support: &KernelSupport,
     attach: &[Attach],
     done: &[HookOutcome],
-) -> Result<(), String> {
-    let mut attached = Vec::new();
-    for a in attach {
-        match attach_one(ebpf, support, a, done) {
-            Ok(()) => attached.push(*a),
-            Err(e) => {
-                for a in attached {
-                    unload(ebpf, &a);
+) -> Result<Vec<&'static str>, String> {
+    let alternatives = attach
+        .iter()
+        .map(|a| a.function().map_or(1, |f| f.split('|').count()))
+        .max()
+        .unwrap_or(1);
+    let mut errors = Vec::new();
+    'alt: for alt in 0..alternatives {
+        let mut attached = Vec::new();
+        let mut picked = Vec::new();
+        for a in attach {
+            match attach_one(ebpf, support, a, alt, done) {
+                Ok(f) => {
+                    attached.push(*a);
+                    picked.extend(f);
                 }
-                return Err(e);
+                Err(e) => {
+                    for a in attached {
+                        unload(ebpf, &a);
+                    }
+                    errors.push(e);
+                    continue 'alt;
+                }
             }
         }
+        if alternatives > 1 {
+            picked.dedup();
+            return Ok(picked);
+        }
+        return Ok(Vec::new());
     }
-    Ok(())
+    errors.dedup();
+    Err(errors.join("; "))
 }
 
+/// Attaches one program; a function hook on its `alt`-th alternative function (the
+/// last one if it has fewer), which is returned when there are alternatives.
 fn attach_one(
     ebpf: &mut Ebpf,
     support: &KernelSupport,
     attach: &Attach,
+    alt: usize,
     done: &[HookOutcome],
-) -> Result<(), String> {
+) -> Result<Option<&'static str>, String> {
+    let function = attach.function().map(|f| {
+        let all: Vec<&'static str> = f.split('|').collect();
+        (all[alt.min(all.len() - 1)], all.len() > 1)
+    });
+    let named = |r: Result<(), String>| match function {
+        Some((f, true)) => r.map(|()| Some(f)).map_err(|e| format!("{f}: {e}")),
+        _ => r.map(|()| None),
+    };
     match *attach {
         Attach::Shared { hook } => match done.iter().find(|o| o.hook.name == hook) {
-            Some(o) if o.chosen.is_some() => Ok(()),
+            Some(o) if o.chosen.is_some() => Ok(None),
             _ => Err(format!("fed by hook {hook}, which did not attach")),
         },
         Attach::Tracepoint {
@@ -186,30 +242,70 @@ fn attach_one(
             let p: &mut TracePoint = program_mut(ebpf, program)?;
             load_once(p.load()).map_err(|e| explain("load", &e))?;
             p.attach(category, name)
-                .map(drop)
+                .map(|_| None)
                 .map_err(|e| explain("attach", &e))
         }
-        Attach::Fentry { program, function } => {
+        Attach::Fentry { program, .. } => {
             let btf = support.btf.as_ref().map_err(Clone::clone)?;
             let p: &mut FEntry = program_mut(ebpf, program)?;
-            load_once(p.load(function, btf)).map_err(|e| explain("load", &e))?;
-            p.attach().map(drop).map_err(|e| explain("attach", &e))
+            named(trampoline(p, function.map_or("", |f| f.0), btf))
         }
-        Attach::Fexit { program, function } => {
+        Attach::Fexit { program, .. } => {
             let btf = support.btf.as_ref().map_err(Clone::clone)?;
             let p: &mut FExit = program_mut(ebpf, program)?;
-            load_once(p.load(function, btf)).map_err(|e| explain("load", &e))?;
-            p.attach().map(drop).map_err(|e| explain("attach", &e))
+            named(trampoline(p, function.map_or("", |f| f.0), btf))
         }
-        Attach::Kprobe { program, function } | Attach::Kretprobe { program, function } => {
+        Attach::Kprobe { program, .. } | Attach::Kretprobe { program, .. } => {
             support.kprobes.clone()?;
+            let f = function.map_or("", |f| f.0);
             let p: &mut KProbe = program_mut(ebpf, program)?;
             load_once(p.load()).map_err(|e| explain("load", &e))?;
-            p.attach(function, 0)
-                .map(drop)
-                .map_err(|e| explain("attach", &e))
+            named(p.attach(f, 0).map(drop).map_err(|e| explain("attach", &e)))
         }
     }
+}
+
+/// An fentry or fexit program: bound to its function when loaded.
+trait Trampoline {
+    fn load_on(&mut self, function: &str, btf: &Btf) -> Result<(), ProgramError>;
+    fn attach_now(&mut self) -> Result<(), ProgramError>;
+    fn unload_now(&mut self) -> Result<(), ProgramError>;
+}
+
+macro_rules! trampoline_impl {
+    ($t:ty) => {
+        impl Trampoline for $t {
+            fn load_on(&mut self, function: &str, btf: &Btf) -> Result<(), ProgramError> {
+                self.load(function, btf)
+            }
+            fn attach_now(&mut self) -> Result<(), ProgramError> {
+                self.attach().map(drop)
+            }
+            fn unload_now(&mut self) -> Result<(), ProgramError> {
+                self.unload()
+            }
+        }
+    };
+}
+trampoline_impl!(FEntry);
+trampoline_impl!(FExit);
+
+/// Loads a trampoline program on `function` and attaches it; on failure it is left
+/// unloaded, so it can be tried on another function.
+fn trampoline(p: &mut impl Trampoline, function: &str, btf: &Btf) -> Result<(), String> {
+    match p.load_on(function, btf) {
+        Ok(()) => {}
+        Err(ProgramError::AlreadyLoaded) => {
+            // Loaded on an earlier try: it may be bound to another function.
+            let _ = p.unload_now();
+            p.load_on(function, btf).map_err(|e| explain("load", &e))?;
+        }
+        Err(e) => return Err(explain("load", &e)),
+    }
+    p.attach_now().map_err(|e| {
+        let _ = p.unload_now();
+        explain("attach", &e)
+    })
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
