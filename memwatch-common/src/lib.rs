@@ -261,6 +261,22 @@ pub struct ProcRow {
     pub comm: [u8; COMM_LEN],
 }
 
+/// The per-CPU cache of the counts of the process that last counted on that CPU
+/// (`PROC_CACHE`): the common case costs no table lookup and no atomic. The programs
+/// move it into `PROCS` when another process counts on the CPU (and when the process
+/// exits); the agent adds the caches to the rows it reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcCache {
+    pub tgid: u32,
+    /// Non-zero when `counts` holds counts not yet in `PROCS`.
+    pub live: u32,
+    /// `comm` of the thread that started this cache.
+    pub comm: [u8; COMM_LEN],
+    /// As `ProcRow::counts`, not yet in `PROCS`.
+    pub counts: [u64; proc::COUNTERS],
+}
+
 /// Key of `KEYED_HISTS`: one histogram bucket of one process (`tgid` != 0) or one
 /// command name (`tgid` == 0).
 #[repr(C)]
@@ -317,6 +333,8 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::ProcRow {}
+    // SAFETY: as above (u32, u32, then 8-aligned arrays).
+    unsafe impl aya::Pod for super::ProcCache {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HistKey {}
     // SAFETY: as above.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcRow, COMM_LEN};
+use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcCache, ProcRow, COMM_LEN};
 
 /// The programs' own bookkeeping, indexed by `memwatch_common::stat::*`.
 #[map]
@@ -18,6 +18,10 @@ pub static GLOBALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::SLO
 /// Per-process counters (key: tgid). The agent sets `max_entries` from the config.
 #[map]
 pub static PROCS: LruHashMap<u32, ProcRow> = LruHashMap::with_max_entries(10240, 0);
+
+/// Per CPU, the counts of the process that last counted there, not yet in `PROCS`.
+#[map]
+pub static PROC_CACHE: PerCpuArray<ProcCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Global log2 histograms: `hist * BUCKETS + bucket`.
 #[map]
@@ -49,6 +53,10 @@ pub const PENDING_MEMCG_RECLAIM: u32 = 4;
 pub const PENDING_WB_WORK: u32 = 5;
 /// The duration of the last `dup_mmap` of this thread, for the fork event.
 pub const PENDING_DUP_MMAP_DONE: u32 = 6;
+/// A `do_writepages` call: (`nr_to_write` at entry, the `writeback_control`).
+pub const PENDING_WRITEPAGES: u32 = 7;
+/// Inside `__writeback_single_inode` (writeback_single_inode_start seen, not yet the end).
+pub const PENDING_SINGLE_INODE: u32 = 8;
 
 /// Fork and exit events for the agent's fork episodes.
 #[map]
@@ -69,6 +77,16 @@ pub fn begin(what: u32, aux: u64) {
     let p = Pending {
         start_ns: now(),
         aux,
+    };
+    let _ = PENDING.insert(pending_key(what), p, 0);
+}
+
+/// Records two values for the current thread's `what` (taken back with `take`).
+#[inline(always)]
+pub fn stash(what: u32, a: u64, b: u64) {
+    let p = Pending {
+        start_ns: a,
+        aux: b,
     };
     let _ = PENDING.insert(pending_key(what), p, 0);
 }
@@ -147,16 +165,15 @@ pub fn atomic_add(p: *mut u64, n: u64) {
     };
 }
 
-/// The current process's row, created if missing.
+/// The row of `tgid`, created (with `comm`) if missing.
 #[inline(always)]
-fn proc_row() -> Option<*mut ProcRow> {
-    let tgid = tgid();
+fn proc_row(tgid: u32, comm: &[u8; COMM_LEN]) -> Option<*mut ProcRow> {
     if let Some(row) = PROCS.get_ptr_mut(tgid) {
         return Some(row);
     }
     let fresh = ProcRow {
         counts: [0; proc::COUNTERS],
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: *comm,
     };
     // BPF_NOEXIST: if another CPU raced us, keep its row and count into it.
     if PROCS.insert(tgid, fresh, 1).is_ok() {
@@ -169,45 +186,111 @@ fn proc_row() -> Option<*mut ProcRow> {
     row
 }
 
+/// Moves a CPU's cached counts into `PROCS`. The maxima (`proc::WP_MAX_NS`) are
+/// raised, the rest added.
+#[inline(always)]
+fn flush(c: *mut ProcCache) {
+    // SAFETY: this CPU's slot of PROC_CACHE, only written by programs on this CPU.
+    // Tracepoint and kprobe programs don't nest on a CPU (bpf_prog_active); an fentry
+    // program preempted mid-update on a fully preemptible kernel could lose an update,
+    // as with any per-CPU counter.
+    unsafe {
+        if (*c).live == 0 {
+            return;
+        }
+        (*c).live = 0;
+        let Some(row) = proc_row((*c).tgid, &(*c).comm) else {
+            // Table full and no row could be made: the counts stay in the globals and
+            // the insert error is counted.
+            (*c).counts = [0; proc::COUNTERS];
+            return;
+        };
+        let mut i = 0;
+        while i < proc::COUNTERS {
+            let v = (*c).counts[i];
+            if v != 0 {
+                let p = &raw mut (*row).counts[i];
+                if i == proc::WP_MAX_NS {
+                    if *p < v {
+                        *p = v;
+                    }
+                } else {
+                    atomic_add(p, v);
+                }
+                (*c).counts[i] = 0;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// This CPU's cache, switched to the current process (the previous one's counts moved
+/// into `PROCS` first).
+#[inline(always)]
+fn cache() -> Option<*mut ProcCache> {
+    let c = PROC_CACHE.get_ptr_mut(0)?;
+    let tgid = tgid();
+    // SAFETY: as in `flush`.
+    unsafe {
+        if (*c).tgid != tgid || (*c).live == 0 {
+            flush(c);
+            (*c).tgid = tgid;
+            (*c).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        }
+        (*c).live = 1;
+    }
+    Some(c)
+}
+
+/// Moves this CPU's cached counts into `PROCS` if they are `tgid`'s (at its exit, so
+/// an exited process's row is complete when the agent ages it out).
+#[inline(always)]
+pub fn flush_if(tgid: u32) {
+    if let Some(c) = PROC_CACHE.get_ptr_mut(0) {
+        // SAFETY: as in `flush`.
+        if unsafe { (*c).tgid } == tgid {
+            flush(c);
+        }
+    }
+}
+
 /// Adds `n` to counter `idx` (a `proc::*` index) globally and for the current process.
 #[inline(always)]
 pub fn count(idx: usize, n: u64) {
     add(&GLOBALS, idx as u32, n);
     if idx < proc::COUNTERS {
-        if let Some(row) = proc_row() {
-            // SAFETY: a live map value; the index is bounds-checked.
-            atomic_add(unsafe { &raw mut (*row).counts[idx] }, n);
+        if let Some(c) = cache() {
+            // SAFETY: as in `flush`; the index is bounds-checked.
+            unsafe { (*c).counts[idx] += n };
         }
     }
 }
 
-/// Adds two counters at once (one table lookup).
+/// Adds two counters at once.
 #[inline(always)]
 pub fn count2(a: usize, na: u64, b: usize, nb: u64) {
     add(&GLOBALS, a as u32, na);
     add(&GLOBALS, b as u32, nb);
     if a < proc::COUNTERS && b < proc::COUNTERS {
-        if let Some(row) = proc_row() {
-            // SAFETY: a live map value; the indices are bounds-checked.
+        if let Some(c) = cache() {
+            // SAFETY: as in `flush`; the indices are bounds-checked.
             unsafe {
-                atomic_add(&raw mut (*row).counts[a], na);
-                atomic_add(&raw mut (*row).counts[b], nb);
+                (*c).counts[a] += na;
+                (*c).counts[b] += nb;
             }
         }
     }
 }
 
-/// Raises the current process's counter `idx` to `v` if larger (a maximum; racy
-/// between CPUs of one process, which only loses a near-tie).
+/// Raises the current process's counter `idx` to `v` if larger (a maximum).
 #[inline(always)]
 pub fn raise(idx: usize, v: u64) {
     if idx < proc::COUNTERS {
-        if let Some(row) = proc_row() {
-            // SAFETY: a live map value; the index is bounds-checked.
+        if let Some(c) = cache() {
+            // SAFETY: as in `flush`; the index is bounds-checked.
             unsafe {
-                let p = &raw mut (*row).counts[idx];
-                if *p < v {
-                    *p = v;
+                if (*c).counts[idx] < v {
+                    (*c).counts[idx] = v;
                 }
             }
         }

@@ -1,6 +1,8 @@
 //! Fork: the clone/clone3/fork/vfork syscalls (tracepoints) from entry to the parent's
-//! return, and `dup_mmap` (the address-space and page-table copy) where a function hook
-//! attaches.
+//! return, and the address-space copy where a function hook attaches: `dup_mmap`, or
+//! where the kernel inlines it (Debian 5.10, 6.12) the sum of its per-VMA
+//! `copy_page_range` calls. The programs below are loaded on whichever of the two the
+//! agent picks; each call's time adds up until the fork returns.
 
 use aya_ebpf::{
     helpers::{
@@ -13,8 +15,8 @@ use aya_ebpf::{
 use memwatch_common::{hist, proc, Event, COMM_LEN, EVENT_EXIT, EVENT_FORK};
 
 use crate::maps::{
-    begin, count, count2, end, field, now, observe, observe_keyed, take, tgid, EVENTS,
-    PENDING_DUP_MMAP, PENDING_DUP_MMAP_DONE, PENDING_FORK,
+    begin, count, count2, end, field, flush_if, now, observe, observe_keyed, pending, take, tgid,
+    EVENTS, PENDING_DUP_MMAP, PENDING_DUP_MMAP_DONE, PENDING_FORK,
 };
 
 /// Offset of `exit_code` in `struct task_struct` (from kernel BTF; 0: unknown).
@@ -45,10 +47,17 @@ fn kind_of(flags: u64) -> u64 {
     }
 }
 
+/// A fork syscall begins: its address-space copy time starts from zero.
+#[inline(always)]
+fn fork_begins(kind: u64) {
+    let _ = take(PENDING_DUP_MMAP_DONE);
+    begin(PENDING_FORK, kind);
+}
+
 #[tracepoint]
 pub fn fork_enter_clone(ctx: TracePointContext) -> u32 {
     if let Ok(flags) = field::<u64>(&ctx, &OFF_CLONE_FLAGS) {
-        begin(PENDING_FORK, kind_of(flags));
+        fork_begins(kind_of(flags));
     }
     0
 }
@@ -59,20 +68,20 @@ pub fn fork_enter_clone3(ctx: TracePointContext) -> u32 {
         // struct clone_args starts with `__aligned_u64 flags`.
         // SAFETY: bpf_probe_read_user of the syscall's own argument.
         let flags = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
-        begin(PENDING_FORK, kind_of(flags));
+        fork_begins(kind_of(flags));
     }
     0
 }
 
 #[tracepoint]
 pub fn fork_enter_fork(_ctx: TracePointContext) -> u32 {
-    begin(PENDING_FORK, KIND_FORK);
+    fork_begins(KIND_FORK);
     0
 }
 
 #[tracepoint]
 pub fn fork_enter_vfork(_ctx: TracePointContext) -> u32 {
-    begin(PENDING_FORK, KIND_VFORK);
+    fork_begins(KIND_VFORK);
     0
 }
 
@@ -93,6 +102,9 @@ pub fn fork_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let dup_mmap_ns = take(PENDING_DUP_MMAP_DONE).map_or(0, |(_, ns)| ns);
+    if dup_mmap_ns > 0 {
+        observe(hist::DUP_MMAP, dup_mmap_ns);
+    }
     match kind {
         KIND_FORK => {
             count2(proc::FORKS, 1, proc::FORK_NS, ns);
@@ -139,12 +151,17 @@ pub fn fork_dup_mmap_kretprobe(_ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// One address-space copy call returned: its time adds to the fork's (`Pending::aux`
+/// of `PENDING_DUP_MMAP_DONE`), recorded in the histogram when the fork returns.
 #[inline(always)]
 fn dup_mmap_done() {
     if let Some((ns, _)) = end(PENDING_DUP_MMAP) {
         count(proc::DUP_MMAP_NS, ns);
-        observe(hist::DUP_MMAP, ns);
-        begin(PENDING_DUP_MMAP_DONE, ns);
+        match pending(PENDING_DUP_MMAP_DONE) {
+            // SAFETY: a live map value of this thread's pending fork.
+            Some(p) => unsafe { (*p).aux += ns },
+            None => begin(PENDING_DUP_MMAP_DONE, ns),
+        }
     }
 }
 
@@ -161,6 +178,7 @@ pub fn fork_process_exit(_ctx: TracePointContext) -> u32 {
     if id >> 32 != id & 0xffff_ffff {
         return 0;
     }
+    flush_if((id >> 32) as u32);
     let off = TASK_EXIT_CODE_OFFSET.load() as u64;
     let exit_code = if off == 0 {
         u32::MAX

@@ -3,19 +3,34 @@
 //!   task that dirtied it, on a backing device;
 //! - `writeback_start`/`writeback_written`: the reason of the flusher work in progress;
 //! - `writeback_single_inode`: pages written for one inode, by device and that reason;
+//! - `do_writepages` (fentry/fexit or kprobe/kretprobe), where it attaches: every page
+//!   written back, whoever started it (the flusher, or `fsync()`, `sync_file_range()`,
+//!   `msync()`, O_SYNC writes in the calling task, which pass no writeback tracepoint),
+//!   from the drop in `wbc->nr_to_write`; `writeback_single_inode` then only adds the
+//!   device;
+//! - `ext4:ext4_writepages_result`, on the tracepoint rung: what ext4 wrote back outside
+//!   `__writeback_single_inode` (bracketed by `writeback_single_inode_start` and
+//!   `writeback_single_inode`), i.e. for fsync() and the like, which no writeback
+//!   tracepoint sees; idle when `do_writepages` is hooked;
 //! - `balance_dirty_pages`: a task paused by dirty throttling.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext, Global};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    Global,
+};
 use memwatch_common::{global, hist, proc, DevKey, DEV_DIRTIED, DEV_WRITTEN};
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
 use crate::maps::{
-    add, begin, count, count2, end, field, keyed_add, observe, observe_keyed, pending, GLOBALS,
-    PENDING_WB_WORK,
+    add, begin, count, count2, end, field, keyed_add, observe, observe_keyed, pending, stash, take,
+    GLOBALS, PENDING_SINGLE_INODE, PENDING_WB_WORK, PENDING_WRITEPAGES,
 };
 
 crate::offsets! {
+    OFF_EXT4_PAGES_WRITTEN = 28;
     OFF_DIRTY_NAME = 8;
     OFF_WB_START_REASON = 68;
     OFF_WSI_NAME = 8;
@@ -26,6 +41,17 @@ crate::offsets! {
 /// Nanoseconds per jiffy (the agent sets it from the kernel's HZ).
 #[unsafe(no_mangle)]
 static NS_PER_JIFFY: Global<u64> = Global::new(4_000_000);
+
+/// Offset of `nr_to_write` in `struct writeback_control` (from kernel BTF; `u32::MAX`:
+/// unknown, and `do_writepages` counts nothing).
+#[unsafe(no_mangle)]
+static WBC_NR_TO_WRITE_OFFSET: Global<u32> = Global::new(u32::MAX);
+
+/// Set by the agent when `do_writepages` is hooked (it then counts every page written
+/// back, and the ext4 tracepoint program stands down).
+#[map]
+pub static WRITEPAGES_HOOKED: aya_ebpf::maps::Array<u32> =
+    aya_ebpf::maps::Array::with_max_entries(1, 0);
 
 /// Pages dirtied and written per backing device.
 #[map]
@@ -60,15 +86,10 @@ pub fn wb_written(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn wb_single_inode(ctx: TracePointContext) -> u32 {
-    let Ok(wrote) = field::<u64>(&ctx, &OFF_WSI_WROTE) else {
-        return 0;
-    };
-    if wrote == 0 {
-        return 0;
-    }
-    // Outside flusher work (sync_inode, write_inode_now): the last slot.
+/// The reason slot of writeback in progress on this thread: the flusher work's, else
+/// the last slot (the calling task's own writeback).
+#[inline(always)]
+fn wb_reason() -> u32 {
     let mut reason = (global::WB_REASONS - 1) as u32;
     if let Some(p) = pending(PENDING_WB_WORK) {
         // SAFETY: a live map value.
@@ -77,8 +98,126 @@ pub fn wb_single_inode(ctx: TracePointContext) -> u32 {
             reason = r;
         }
     }
-    add(&GLOBALS, (global::WRITTEN + reason as usize) as u32, wrote);
-    device_add(&ctx, &OFF_WSI_NAME, DEV_WRITTEN, reason, wrote);
+    reason
+}
+
+/// Pages written for one inode, from the tracepoint: `(reason, wrote)`, if any.
+#[inline(always)]
+fn single_inode(ctx: &TracePointContext) -> Option<(u32, u64)> {
+    let wrote = field::<u64>(ctx, &OFF_WSI_WROTE).ok()?;
+    (wrote != 0).then(|| (wb_reason(), wrote))
+}
+
+/// Tracepoint rung: the pages written, globally and per device.
+#[tracepoint]
+pub fn wb_single_inode(ctx: TracePointContext) -> u32 {
+    if let Some((reason, wrote)) = single_inode(&ctx) {
+        add(&GLOBALS, (global::WRITTEN + reason as usize) as u32, wrote);
+        device_add(&ctx, &OFF_WSI_NAME, DEV_WRITTEN, reason, wrote);
+    }
+    0
+}
+
+/// Function rungs: `do_writepages` counts the pages; this adds the device.
+#[tracepoint]
+pub fn wb_single_inode_device(ctx: TracePointContext) -> u32 {
+    if let Some((reason, wrote)) = single_inode(&ctx) {
+        device_add(&ctx, &OFF_WSI_NAME, DEV_WRITTEN, reason, wrote);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn wb_single_inode_start(_ctx: TracePointContext) -> u32 {
+    stash(PENDING_SINGLE_INODE, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn wb_single_inode_end(_ctx: TracePointContext) -> u32 {
+    let _ = take(PENDING_SINGLE_INODE);
+    0
+}
+
+/// ext4 wrote pages back: counted here only outside `__writeback_single_inode` (whose
+/// own tracepoint counts the rest), as the calling task's writeback.
+#[tracepoint]
+pub fn wb_ext4_written(ctx: TracePointContext) -> u32 {
+    if WRITEPAGES_HOOKED.get(0).is_some_and(|f| *f != 0) || pending(PENDING_SINGLE_INODE).is_some()
+    {
+        return 0;
+    }
+    if let Ok(n) = field::<i32>(&ctx, &OFF_EXT4_PAGES_WRITTEN) {
+        if n > 0 {
+            add(
+                &GLOBALS,
+                (global::WRITTEN + wb_reason() as usize) as u32,
+                n as u64,
+            );
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn nr_to_write(wbc: u64) -> Option<i64> {
+    let off = WBC_NR_TO_WRITE_OFFSET.load();
+    if off == u32::MAX || wbc == 0 {
+        return None;
+    }
+    // SAFETY: reading a field of the kernel's writeback_control argument.
+    unsafe { bpf_probe_read_kernel((wbc + off as u64) as *const i64) }.ok()
+}
+
+#[inline(always)]
+fn writepages_begin(wbc: u64) {
+    if let Some(n) = nr_to_write(wbc) {
+        stash(PENDING_WRITEPAGES, n as u64, wbc);
+    }
+}
+
+/// The pages written: how far `nr_to_write` dropped (filesystems take one off per page
+/// or folio submitted; `writeback_single_inode`'s `wrote` is the same difference).
+#[inline(always)]
+fn writepages_done() {
+    let Some((before, wbc)) = take(PENDING_WRITEPAGES) else {
+        return;
+    };
+    let Some(after) = nr_to_write(wbc) else {
+        return;
+    };
+    let wrote = (before as i64).saturating_sub(after);
+    if wrote > 0 {
+        add(
+            &GLOBALS,
+            (global::WRITTEN + wb_reason() as usize) as u32,
+            wrote as u64,
+        );
+    }
+}
+
+/// do_writepages(struct address_space *mapping, struct writeback_control *wbc)
+#[fentry(function = "do_writepages")]
+pub fn wb_writepages_fentry(ctx: FEntryContext) -> u32 {
+    writepages_begin(ctx.arg(1));
+    0
+}
+
+#[fexit(function = "do_writepages")]
+pub fn wb_writepages_fexit(_ctx: FExitContext) -> u32 {
+    writepages_done();
+    0
+}
+
+#[kprobe]
+pub fn wb_writepages_kprobe(ctx: ProbeContext) -> u32 {
+    writepages_begin(ctx.arg(1).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn wb_writepages_kretprobe(_ctx: RetProbeContext) -> u32 {
+    writepages_done();
     0
 }
 

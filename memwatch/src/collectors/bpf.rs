@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     Ebpf,
 };
-use memwatch_common::{fault, global, hist, node, proc, stat, DevKey, HistKey, ProcRow};
+use memwatch_common::{fault, global, hist, node, proc, stat, DevKey, HistKey, ProcCache, ProcRow};
 use prometheus::proto::MetricFamily;
 
 use super::{
@@ -95,7 +95,7 @@ fn proc_metrics(att: &Attached) -> Vec<ProcMetric> {
                 vec![proc::WP_NS],
                 1e-9,
             ));
-            if att.contains_key("wp_page_reuse") {
+            if att.contains_key("cow_copy") {
                 v.push(one(
                     "cow_copies_total",
                     "Write-protect faults that copied the page (copy-on-write copies).",
@@ -231,7 +231,9 @@ fn proc_metrics(att: &Attached) -> Vec<ProcMetric> {
     v
 }
 
-/// `enum wb_reason` names (the last slot: writeback outside flusher work).
+/// `enum wb_reason` names (the last slot: writeback outside flusher work, started by
+/// the calling task: fsync() and the like on the function rungs, only
+/// sync_inode/write_inode_now on the tracepoint rung).
 fn wb_reason(i: usize) -> String {
     const NAMES: [&str; 8] = [
         "background",
@@ -244,7 +246,7 @@ fn wb_reason(i: usize) -> String {
         "foreign_flush",
     ];
     if i == global::WB_REASONS - 1 {
-        "inode".into()
+        "caller".into()
     } else {
         NAMES
             .get(i)
@@ -393,6 +395,73 @@ struct State {
     exited_since: StdHashMap<u32, Instant>,
     /// Rows this agent deleted from `PROCS` (aged out), for the eviction count.
     deleted: u64,
+    /// The counts last exported per process: the floor of the next ones (see
+    /// `ProcTable::read`).
+    last: StdHashMap<u32, Counts>,
+}
+
+/// The per-process counters of one process.
+type Counts = [u64; proc::COUNTERS];
+
+/// The per-process table and the per-CPU caches the programs fill before it.
+pub struct ProcTable {
+    procs: HashMap<MapData, u32, ProcRow>,
+    cache: PerCpuArray<MapData, ProcCache>,
+}
+
+impl ProcTable {
+    /// The caches that hold counts not yet in `PROCS`.
+    fn caches(&self) -> anyhow::Result<Vec<ProcCache>> {
+        let all = self.cache.get(&0, 0).context("reading PROC_CACHE")?;
+        Ok(all.iter().filter(|c| c.live != 0).copied().collect())
+    }
+
+    /// Every process's counts: the rows of `PROCS`, then the caches added in. A cache
+    /// moved into `PROCS` between the two reads is missed for this read (the next
+    /// one sees it); `Bpf::read_rows` keeps the counts from going backwards.
+    fn read(&self) -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for item in self.procs.iter() {
+            let (tgid, v) = item.context("reading PROCS")?;
+            rows.push(Row::from_kernel(tgid, &v));
+        }
+        let mut at: StdHashMap<u32, usize> =
+            rows.iter().enumerate().map(|(i, r)| (r.tgid, i)).collect();
+        for c in self.caches()? {
+            let i = *at.entry(c.tgid).or_insert_with(|| {
+                rows.push(Row::from_kernel(
+                    c.tgid,
+                    &ProcRow {
+                        counts: [0; proc::COUNTERS],
+                        comm: c.comm,
+                    },
+                ));
+                rows.len() - 1
+            });
+            add_cache(&mut rows[i].counts, &c);
+        }
+        Ok(rows)
+    }
+
+    /// One process's counts (its row and the caches), if it has any.
+    fn row(&self, tgid: u32) -> Option<Counts> {
+        let mut counts = self.procs.get(&tgid, 0).ok().map(|r| r.counts);
+        for c in self.caches().ok()?.iter().filter(|c| c.tgid == tgid) {
+            add_cache(counts.get_or_insert([0; proc::COUNTERS]), c);
+        }
+        counts
+    }
+}
+
+/// Adds a cache's counts to a row's: sums, and the maximum for `proc::WP_MAX_NS`.
+fn add_cache(counts: &mut Counts, c: &ProcCache) {
+    for (i, (a, b)) in counts.iter_mut().zip(c.counts).enumerate() {
+        *a = if i == proc::WP_MAX_NS {
+            (*a).max(b)
+        } else {
+            *a + b
+        };
+    }
 }
 
 /// The maps this collector reads, taken out of the loaded object.
@@ -401,7 +470,7 @@ pub struct Bpf {
     stats: PerCpuArray<MapData, u64>,
     hists: PerCpuArray<MapData, u64>,
     nodes: PerCpuArray<MapData, u64>,
-    procs: Arc<Mutex<HashMap<MapData, u32, ProcRow>>>,
+    procs: Arc<Mutex<ProcTable>>,
     keyed: HashMap<MapData, HistKey, u64>,
     devices: HashMap<MapData, DevKey, u64>,
     attached: Attached,
@@ -431,7 +500,10 @@ impl Bpf {
             stats: PerCpuArray::try_from(take("STATS")?)?,
             hists: PerCpuArray::try_from(take("HISTS")?)?,
             nodes: PerCpuArray::try_from(take("NODES")?)?,
-            procs: Arc::new(Mutex::new(HashMap::try_from(take("PROCS")?)?)),
+            procs: Arc::new(Mutex::new(ProcTable {
+                procs: HashMap::try_from(take("PROCS")?)?,
+                cache: PerCpuArray::try_from(take("PROC_CACHE")?)?,
+            })),
             keyed: HashMap::try_from(take("KEYED_HISTS")?)?,
             devices: HashMap::try_from(take("DEVICES")?)?,
             metrics: proc_metrics(&attached),
@@ -464,11 +536,16 @@ impl Bpf {
     /// Reads the process table, ages out rows of processes gone for longer than
     /// `EXITED_GRACE`, and returns the rest with live comms.
     fn read_rows(&self, state: &mut State) -> anyhow::Result<Vec<Row>> {
-        let mut procs = self.procs.lock().expect("procs lock");
-        let mut rows = Vec::new();
-        for item in procs.iter() {
-            let (tgid, v) = item.context("reading PROCS")?;
-            rows.push(Row::from_kernel(tgid, &v));
+        let mut table = self.procs.lock().expect("procs lock");
+        let mut rows = table.read()?;
+        // Counters only grow: a count missed in flight (see `ProcTable::read`) shows as
+        // the previous value, never as a drop.
+        for row in &mut rows {
+            let last = state.last.entry(row.tgid).or_insert([0; proc::COUNTERS]);
+            for (a, b) in row.counts.iter_mut().zip(last.iter_mut()) {
+                *a = (*a).max(*b);
+                *b = *a;
+            }
         }
         let now = Instant::now();
         let mut keep = Vec::with_capacity(rows.len());
@@ -482,15 +559,18 @@ impl Bpf {
                 state.exited_since.remove(&row.tgid);
             } else {
                 let since = *state.exited_since.entry(row.tgid).or_insert(now);
-                if now.duration_since(since) > EXITED_GRACE && procs.remove(&row.tgid).is_ok() {
+                if now.duration_since(since) > EXITED_GRACE && table.procs.remove(&row.tgid).is_ok()
+                {
                     state.deleted += 1;
                     state.exited_since.remove(&row.tgid);
+                    state.last.remove(&row.tgid);
                     continue;
                 }
             }
             keep.push(row);
         }
         state.exited_since.retain(|t, _| seen.contains(t));
+        state.last.retain(|t, _| seen.contains(t));
         Ok(keep)
     }
 
@@ -699,10 +779,11 @@ impl Bpf {
         if self.has("writeback_written") {
             let mut f = Family::counter(
                 "memwatch_writeback_written_pages_total",
-                "Pages written back by the flusher or sync_inode paths, per device and \
-                 reason (the flusher work's wb_reason; inode: sync_inode/write_inode_now). \
-                 Writeback started by fsync() or sync_file_range() is not in it on the \
-                 tracepoint rung.",
+                "Pages written back, per device and reason (the flusher work's wb_reason; \
+                 caller: writeback the calling task started, e.g. fsync(), \
+                 sync_file_range(), O_SYNC writes, sync_inode). On the tracepoint rung only \
+                 flusher and sync_inode writeback is seen; device=\"other\" holds what no \
+                 writeback tracepoint named a device for.",
             );
             for r in 0..global::WB_REASONS {
                 let reason = wb_reason(r);
@@ -743,7 +824,7 @@ impl Bpf {
             }
             f.push_to(out);
         }
-        if is_function_rung(self.attached.get("do_wp_page")) && self.has("wp_page_reuse") {
+        if is_function_rung(self.attached.get("do_wp_page")) && self.has("cow_copy") {
             let mut f = Family::counter(
                 "memwatch_cow_copied_bytes_total",
                 "Bytes copied by copy-on-write (copies times the page size).",
@@ -913,16 +994,11 @@ impl Bpf {
 
 /// Reads single rows of the per-process table.
 #[derive(Clone)]
-pub struct ProcRows(Arc<Mutex<HashMap<MapData, u32, ProcRow>>>);
+pub struct ProcRows(Arc<Mutex<ProcTable>>);
 
 impl crate::episodes::RowSource for ProcRows {
     fn row(&self, tgid: u32) -> Option<crate::episodes::Counts> {
-        self.0
-            .lock()
-            .expect("procs lock")
-            .get(&tgid, 0)
-            .ok()
-            .map(|r| r.counts)
+        self.0.lock().expect("procs lock").row(tgid)
     }
 }
 
@@ -987,7 +1063,7 @@ mod tests {
         let names: Vec<_> = proc_metrics(&att).iter().map(|m| m.name).collect();
         assert_eq!(names, ["page_faults_total", "wp_faults_total"]);
         att.insert("do_wp_page", Mode::Fentry);
-        att.insert("wp_page_reuse", Mode::Fentry);
+        att.insert("cow_copy", Mode::Fentry);
         let names: Vec<_> = proc_metrics(&att).iter().map(|m| m.name).collect();
         assert!(names.contains(&"cow_copies_total"), "{names:?}");
         assert!(names.contains(&"wp_fault_seconds_total"), "{names:?}");

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::{config::Config, tracefs::Tracefs};
-pub use loader::{attach_all, HookOutcome};
+pub use loader::HookOutcome;
 
 /// The eBPF object built from `memwatch-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memwatch"));
@@ -138,6 +138,31 @@ pub fn kernel_hz() -> u64 {
     250
 }
 
+/// Walks the ladder for every hook (`loader::attach_all`), then tells the programs
+/// what attached where it changes what they count: the ext4 writeback fallback stands
+/// down where `do_writepages` is hooked.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    support: &KernelSupport,
+    probes: &crate::config::Probes,
+    explore: bool,
+) -> Vec<HookOutcome> {
+    let outcomes = loader::attach_all(ebpf, support, probes, explore);
+    let writepages = outcomes.iter().any(|o| {
+        o.hook.name == "writeback_written"
+            && matches!(o.chosen, Some(table::Mode::Fentry | table::Mode::Kprobe))
+    });
+    let set = ebpf
+        .map_mut("WRITEPAGES_HOOKED")
+        .ok_or_else(|| anyhow::anyhow!("map missing from the eBPF object"))
+        .and_then(|m| Ok(aya::maps::Array::<_, u32>::try_from(m)?))
+        .and_then(|mut a| Ok(a.set(0, u32::from(writepages), 0)?));
+    if let Err(e) = set {
+        log::warn!("WRITEPAGES_HOOKED: {e:#}; ext4 writeback may be counted twice");
+    }
+    outcomes
+}
+
 /// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
 /// of this kernel and the configured table sizes.
 pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
@@ -198,6 +223,13 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
         .and_then(|b| b.member("task_struct", "exit_code"))
         .map_or(0, |(off, _)| off);
     loader.override_global("TASK_EXIT_CODE_OFFSET", &exit_code_offset, true);
+    // What do_writepages has left to write, for the pages written back.
+    let nr_to_write_offset: u32 = btf
+        .as_ref()
+        .ok()
+        .and_then(|b| b.member("writeback_control", "nr_to_write"))
+        .map_or(u32::MAX, |(off, _)| off);
+    loader.override_global("WBC_NR_TO_WRITE_OFFSET", &nr_to_write_offset, true);
     loader.map_max_entries("PROCS", cfg.tables.process_max_entries);
     loader.load(OBJECT).context(
         "loading the eBPF object (creating its maps) failed: check that memwatch runs as root \

@@ -85,6 +85,20 @@ impl Attach {
     }
 }
 
+impl Attach {
+    /// The kernel function(s) a function hook attaches to (`a|b`: alternatives, the
+    /// first the kernel has is used).
+    pub fn function(&self) -> Option<&'static str> {
+        match *self {
+            Attach::Fentry { function, .. }
+            | Attach::Fexit { function, .. }
+            | Attach::Kprobe { function, .. }
+            | Attach::Kretprobe { function, .. } => Some(function),
+            Attach::Tracepoint { .. } | Attach::Shared { .. } => None,
+        }
+    }
+}
+
 /// One rung of a hook.
 #[derive(Debug, Clone, Copy)]
 pub struct Rung {
@@ -107,6 +121,12 @@ pub struct Hook {
 const FENTRY_NEEDS: &str = "BPF trampolines (fentry/fexit) and kernel BTF";
 const KPROBE_NEEDS: &str = "kprobes (CONFIG_KPROBE_EVENTS)";
 const KPROBE_LOSES: &str = "nothing; about 100 ns more per event than fentry";
+
+/// Where a copy-on-write copy maps its new page (6.3+, then older kernels).
+const NEW_ANON_RMAP: &str = "folio_add_new_anon_rmap|page_add_new_anon_rmap";
+/// The address-space copy of a fork: `dup_mmap` where the kernel has it out of line
+/// (Debian 6.1), else the sum of its per-VMA page-table copies (5.10, 6.12 inline it).
+const DUP_MMAP: &str = "dup_mmap|copy_page_range";
 
 const TP_NEEDS_PF: &str = "exceptions:page_fault_user tracepoint (x86)";
 
@@ -148,6 +168,16 @@ const fn tp(
         fields,
     }
 }
+
+const WB_START: Attach = tp(
+    "wb_start",
+    &[("writeback", "writeback_start")],
+    &[("OFF_WB_START_REASON", "reason")],
+);
+const WB_WRITTEN: Attach = tp("wb_written", &[("writeback", "writeback_written")], &[]);
+const WB_SINGLE_INODE: &[(&str, &str)] = &[("writeback", "writeback_single_inode")];
+const WB_SINGLE_INODE_FIELDS: &[(&str, &str)] =
+    &[("OFF_WSI_NAME", "name"), ("OFF_WSI_WROTE", "wrote")];
 
 /// Every hook memwatch knows, in attach order (a `Shared` rung names an earlier hook).
 pub const HOOKS: &[Hook] = &[
@@ -233,16 +263,16 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         family: "cow",
-        name: "wp_page_reuse",
+        name: "cow_copy",
         rungs: &[
             fentry(&[Attach::Fentry {
-                program: "cow_reuse_fentry",
-                function: "wp_page_reuse",
+                program: "cow_copy_fentry",
+                function: NEW_ANON_RMAP,
             }]),
             kprobe(
                 &[Attach::Kprobe {
-                    program: "cow_reuse_kprobe",
-                    function: "wp_page_reuse",
+                    program: "cow_copy_kprobe",
+                    function: NEW_ANON_RMAP,
                 }],
                 KPROBE_LOSES,
             ),
@@ -328,22 +358,22 @@ pub const HOOKS: &[Hook] = &[
             fentry(&[
                 Attach::Fentry {
                     program: "fork_dup_mmap_fentry",
-                    function: "dup_mmap",
+                    function: DUP_MMAP,
                 },
                 Attach::Fexit {
                     program: "fork_dup_mmap_fexit",
-                    function: "dup_mmap",
+                    function: DUP_MMAP,
                 },
             ]),
             kprobe(
                 &[
                     Attach::Kprobe {
                         program: "fork_dup_mmap_kprobe",
-                        function: "dup_mmap",
+                        function: DUP_MMAP,
                     },
                     Attach::Kretprobe {
                         program: "fork_dup_mmap_kretprobe",
-                        function: "dup_mmap",
+                        function: DUP_MMAP,
                     },
                 ],
                 KPROBE_LOSES,
@@ -370,21 +400,82 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         family: "writeback",
         name: "writeback_written",
+        rungs: &[
+            Rung {
+                mode: Mode::Fentry,
+                attach: &[
+                    Attach::Fentry {
+                        program: "wb_writepages_fentry",
+                        function: "do_writepages",
+                    },
+                    Attach::Fexit {
+                        program: "wb_writepages_fexit",
+                        function: "do_writepages",
+                    },
+                    WB_START,
+                    WB_WRITTEN,
+                    tp(
+                        "wb_single_inode_device",
+                        WB_SINGLE_INODE,
+                        WB_SINGLE_INODE_FIELDS,
+                    ),
+                ],
+                needs: "BPF trampolines and kernel BTF, and the writeback tracepoints",
+                loses: "",
+            },
+            Rung {
+                mode: Mode::Kprobe,
+                attach: &[
+                    Attach::Kprobe {
+                        program: "wb_writepages_kprobe",
+                        function: "do_writepages",
+                    },
+                    Attach::Kretprobe {
+                        program: "wb_writepages_kretprobe",
+                        function: "do_writepages",
+                    },
+                    WB_START,
+                    WB_WRITTEN,
+                    tp(
+                        "wb_single_inode_device",
+                        WB_SINGLE_INODE,
+                        WB_SINGLE_INODE_FIELDS,
+                    ),
+                ],
+                needs: "kprobes (CONFIG_KPROBE_EVENTS), and the writeback tracepoints",
+                loses: KPROBE_LOSES,
+            },
+            tracepoint(
+                &[
+                    WB_START,
+                    WB_WRITTEN,
+                    tp("wb_single_inode", WB_SINGLE_INODE, WB_SINGLE_INODE_FIELDS),
+                ],
+                "writeback:writeback_start, writeback_written, writeback_single_inode",
+                "writeback that fsync(), sync_file_range(), msync() or O_SYNC writes start in \
+                 the calling task (only flusher and sync_inode writeback pass these \
+                 tracepoints), except on ext4 (hook ext4_writepages)",
+            ),
+        ],
+    },
+    Hook {
+        family: "writeback",
+        name: "ext4_writepages",
         rungs: &[tracepoint(
             &[
                 tp(
-                    "wb_start",
-                    &[("writeback", "writeback_start")],
-                    &[("OFF_WB_START_REASON", "reason")],
+                    "wb_single_inode_start",
+                    &[("writeback", "writeback_single_inode_start")],
+                    &[],
                 ),
-                tp("wb_written", &[("writeback", "writeback_written")], &[]),
+                tp("wb_single_inode_end", WB_SINGLE_INODE, &[]),
                 tp(
-                    "wb_single_inode",
-                    &[("writeback", "writeback_single_inode")],
-                    &[("OFF_WSI_NAME", "name"), ("OFF_WSI_WROTE", "wrote")],
+                    "wb_ext4_written",
+                    &[("ext4", "ext4_writepages_result")],
+                    &[("OFF_EXT4_PAGES_WRITTEN", "pages_written")],
                 ),
             ],
-            "writeback:writeback_start, writeback_written, writeback_single_inode",
+            "ext4:ext4_writepages_result (ext4 loaded), writeback_single_inode_start",
             "",
         )],
     },
