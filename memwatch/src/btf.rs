@@ -219,6 +219,29 @@ impl Btf {
     }
 }
 
+/// The `enum pageflags` bits the raw LRU insertion program reads a folio's list from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFlagBits {
+    pub active: u32,
+    pub unevictable: u32,
+    pub swapbacked: u32,
+}
+
+impl PageFlagBits {
+    pub fn from_btf(btf: &Btf) -> Result<Self, String> {
+        let bit = |name: &str| {
+            btf.enum_value("pageflags", name)
+                .map(|v| v as u32)
+                .ok_or(format!("no {name} in enum pageflags"))
+        };
+        Ok(Self {
+            active: bit("PG_active")?,
+            unevictable: bit("PG_unevictable")?,
+            swapbacked: bit("PG_swapbacked")?,
+        })
+    }
+}
+
 /// Where a folio keeps its order, so programs can count pages, not folios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FolioLayout {

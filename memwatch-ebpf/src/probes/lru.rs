@@ -1,8 +1,16 @@
 //! LRU movement: insertions per list and activations (pagemap tracepoints), and what
 //! each pass of reclaim over the inactive and active lists did, per node (vmscan).
+//!
+//! Insertions come once per new page, so on a COW-heavy workload once per fault: they
+//! attach as raw tracepoints where the kernel allows (the folio pointer straight from
+//! the call site; the list is worked out from the folio's flags the way the tracepoint
+//! does, `folio_lru_list`/`page_lru`), else as tracepoints (the list from the record).
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext, Global,
+    helpers::bpf_probe_read_kernel,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+    Global,
 };
 use memwatch_common::{global, node};
 
@@ -16,6 +24,14 @@ static FOLIO_ORDER_KNOWN: Global<u32> = Global::new(0);
 static FOLIO_HEAD_BIT: Global<u32> = Global::new(6);
 #[unsafe(no_mangle)]
 static FOLIO_ORDER_OFFSET: Global<u32> = Global::new(64);
+
+/// Bits of `enum pageflags` (from kernel BTF), for the raw insertion program.
+#[unsafe(no_mangle)]
+static PG_ACTIVE: Global<u32> = Global::new(5);
+#[unsafe(no_mangle)]
+static PG_UNEVICTABLE: Global<u32> = Global::new(18);
+#[unsafe(no_mangle)]
+static PG_SWAPBACKED: Global<u32> = Global::new(19);
 
 crate::offsets! {
     OFF_LRU_INSERTION_FOLIO = 8;
@@ -39,18 +55,17 @@ crate::offsets! {
     OFF_SA_REFERENCED = 40;
 }
 
-/// Pages in the folio a tracepoint record points to (1 when its layout is unknown).
+/// `folio->flags` (the first word of a folio or page).
 #[inline(always)]
-fn folio_pages(ctx: &TracePointContext, off: &Global<u32>) -> u64 {
-    if FOLIO_ORDER_KNOWN.load() == 0 {
-        return 1;
-    }
-    let Ok(folio) = field::<u64>(ctx, off) else {
-        return 1;
-    };
+fn flags_of(folio: u64) -> u64 {
     // SAFETY: bpf_probe_read_kernel of the folio the kernel is handling.
-    let flags = unsafe { bpf_probe_read_kernel((folio) as *const u64) }.unwrap_or(0);
-    if flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
+    unsafe { bpf_probe_read_kernel(folio as *const u64) }.unwrap_or(0)
+}
+
+/// Pages in a folio (1 when the layout is unknown).
+#[inline(always)]
+fn folio_pages(folio: u64, flags: u64) -> u64 {
+    if FOLIO_ORDER_KNOWN.load() == 0 || flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
         return 1;
     }
     let at = folio + FOLIO_ORDER_OFFSET.load() as u64;
@@ -59,21 +74,69 @@ fn folio_pages(ctx: &TracePointContext, off: &Global<u32>) -> u64 {
     1u64 << (order & 31)
 }
 
+/// Pages in the folio a tracepoint record points to (1 when unreadable).
+#[inline(always)]
+fn record_folio_pages(ctx: &TracePointContext, off: &Global<u32>) -> u64 {
+    if FOLIO_ORDER_KNOWN.load() == 0 {
+        return 1;
+    }
+    let Ok(folio) = field::<u64>(ctx, off) else {
+        return 1;
+    };
+    folio_pages(folio, flags_of(folio))
+}
+
+#[inline(always)]
+fn inserted(lru: usize, pages: u64) {
+    if lru < global::LRU_LISTS {
+        add(&GLOBALS, (global::LRU_INSERT + lru) as u32, pages);
+    }
+}
+
 #[tracepoint]
 pub fn lru_insertion(ctx: TracePointContext) -> u32 {
     if let Ok(lru) = field::<u32>(&ctx, &OFF_LRU_INSERTION_LRU) {
-        if (lru as usize) < global::LRU_LISTS {
-            let pages = folio_pages(&ctx, &OFF_LRU_INSERTION_FOLIO);
-            add(&GLOBALS, (global::LRU_INSERT + lru as usize) as u32, pages);
-        }
+        inserted(
+            lru as usize,
+            record_folio_pages(&ctx, &OFF_LRU_INSERTION_FOLIO),
+        );
     }
+    0
+}
+
+/// TP_PROTO(struct folio *folio) (5.10: struct page *page, then the list, which the
+/// flags give as well).
+#[raw_tracepoint(tracepoint = "mm_lru_insertion")]
+pub fn lru_insertion_raw(ctx: RawTracePointContext) -> i32 {
+    let folio: u64 = ctx.arg(0);
+    let flags = flags_of(folio);
+    let set = |bit: &Global<u32>| flags & (1u64 << (bit.load() & 63)) != 0;
+    // enum lru_list: inactive anon, active anon, inactive file, active file, unevictable.
+    let lru = if set(&PG_UNEVICTABLE) {
+        4
+    } else {
+        (if set(&PG_SWAPBACKED) { 0 } else { 2 }) + usize::from(set(&PG_ACTIVE))
+    };
+    inserted(lru, folio_pages(folio, flags));
     0
 }
 
 #[tracepoint]
 pub fn lru_activate(ctx: TracePointContext) -> u32 {
-    let pages = folio_pages(&ctx, &OFF_LRU_ACTIVATE_FOLIO);
+    let pages = record_folio_pages(&ctx, &OFF_LRU_ACTIVATE_FOLIO);
     add(&GLOBALS, global::LRU_ACTIVATE as u32, pages);
+    0
+}
+
+/// TP_PROTO(struct folio *folio) (5.10: struct page *page).
+#[raw_tracepoint(tracepoint = "mm_lru_activate")]
+pub fn lru_activate_raw(ctx: RawTracePointContext) -> i32 {
+    let folio: u64 = ctx.arg(0);
+    add(
+        &GLOBALS,
+        global::LRU_ACTIVATE as u32,
+        folio_pages(folio, flags_of(folio)),
+    );
     0
 }
 

@@ -4,7 +4,7 @@
 use std::io;
 
 use aya::{
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf,
 };
 
@@ -19,8 +19,8 @@ use crate::config::ProbeMode;
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub mode: Mode,
-    /// `Ok` if it attached, with the functions picked where the table names
-    /// alternatives (`a|b`; empty if none); otherwise why not.
+    /// `Ok` if it attached, with the alternatives taken where the table names some
+    /// (functions `a|b`, `FirstOf` attach points; empty if none); otherwise why not.
     pub result: Result<Vec<&'static str>, String>,
     /// The rung was not tried (forced mode, or an earlier rung won).
     pub skipped: bool,
@@ -168,8 +168,8 @@ fn forced_mode(hook: &Hook, mode: ProbeMode) -> Option<Mode> {
 
 /// Attaches every program of a rung, or none: on failure the ones already attached
 /// are unloaded again. Where the table names alternative functions (`a|b`, the same
-/// list for a rung's entry and exit programs), the rung is tried on each in turn and
-/// the functions it attached to are returned.
+/// list for a rung's entry and exit programs), the rung is tried on each in turn.
+/// Returns the alternatives taken (functions, and `FirstOf` picks).
 fn attach_rung(
     ebpf: &mut Ebpf,
     support: &KernelSupport,
@@ -200,11 +200,8 @@ fn attach_rung(
                 }
             }
         }
-        if alternatives > 1 {
-            picked.dedup();
-            return Ok(picked);
-        }
-        return Ok(Vec::new());
+        picked.dedup();
+        return Ok(picked);
     }
     errors.dedup();
     Err(errors.join("; "))
@@ -232,6 +229,27 @@ fn attach_one(
             Some(o) if o.chosen.is_some() => Ok(None),
             _ => Err(format!("fed by hook {hook}, which did not attach")),
         },
+        Attach::FirstOf(alternatives) => {
+            let mut errors = Vec::new();
+            for a in alternatives {
+                match attach_one(ebpf, support, a, alt, done) {
+                    Ok(picked) => return Ok(picked.or(Some(a.kind()))),
+                    Err(e) => errors.push(format!("{}: {e}", a.kind())),
+                }
+            }
+            Err(errors.join("; "))
+        }
+        Attach::RawTracepoint { program, name, btf } => {
+            if btf {
+                support.btf.as_ref().map_err(Clone::clone)?;
+            }
+            let p: &mut RawTracePoint = program_mut(ebpf, program)?;
+            load_once(p.load()).map_err(|e| explain("load", &e))?;
+            p.attach(name).map(|_| None).map_err(|e| {
+                let _ = p.unload();
+                explain("attach", &e)
+            })
+        }
         Attach::Tracepoint {
             program,
             events,
@@ -328,17 +346,26 @@ fn load_once(r: Result<(), ProgramError>) -> Result<(), ProgramError> {
 
 /// Detaches and unloads the program of one attach point.
 fn unload(ebpf: &mut Ebpf, attach: &Attach) {
+    if let Attach::FirstOf(alternatives) = attach {
+        for a in *alternatives {
+            unload(ebpf, a);
+        }
+        return;
+    }
     let Some(name) = attach.program() else {
         return;
     };
     let result = match attach {
         Attach::Tracepoint { .. } => program_mut::<TracePoint>(ebpf, name).map(|p| p.unload()),
+        Attach::RawTracepoint { .. } => {
+            program_mut::<RawTracePoint>(ebpf, name).map(|p| p.unload())
+        }
         Attach::Fentry { .. } => program_mut::<FEntry>(ebpf, name).map(|p| p.unload()),
         Attach::Fexit { .. } => program_mut::<FExit>(ebpf, name).map(|p| p.unload()),
         Attach::Kprobe { .. } | Attach::Kretprobe { .. } => {
             program_mut::<KProbe>(ebpf, name).map(|p| p.unload())
         }
-        Attach::Shared { .. } => return,
+        Attach::FirstOf(_) | Attach::Shared { .. } => return,
     };
     match result {
         Ok(Ok(())) => {}

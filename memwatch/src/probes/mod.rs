@@ -170,7 +170,11 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     if let Ok(tracefs) = &support.tracefs {
         for hook in table::HOOKS {
             for rung in hook.rungs {
-                for a in rung.attach {
+                let nested = rung.attach.iter().flat_map(|a| match a {
+                    table::Attach::FirstOf(alternatives) => *alternatives,
+                    a => std::slice::from_ref(a),
+                });
+                for a in nested {
                     if let table::Attach::Tracepoint { events, fields, .. } = a {
                         match resolve_tracepoint(tracefs, events, fields) {
                             Ok((_, found)) => {
@@ -216,6 +220,22 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     loader.override_global("FOLIO_ORDER_KNOWN", &folio_known, true);
     loader.override_global("FOLIO_HEAD_BIT", &head_bit, true);
     loader.override_global("FOLIO_ORDER_OFFSET", &order_offset, true);
+    // The page flags the raw LRU insertion program works the list out from (it is
+    // attached only with kernel BTF; the defaults are 6.x's).
+    let bits = btf
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(crate::btf::PageFlagBits::from_btf);
+    if let Err(e) = &bits {
+        log::warn!(
+            "page flag bits unknown ({e}): raw LRU insertions may file pages under the wrong list"
+        );
+    }
+    if let Ok(bits) = &bits {
+        loader.override_global("PG_ACTIVE", &bits.active, true);
+        loader.override_global("PG_UNEVICTABLE", &bits.unevictable, true);
+        loader.override_global("PG_SWAPBACKED", &bits.swapbacked, true);
+    }
     // Where a task keeps its exit status, for fork episodes.
     let exit_code_offset: u32 = btf
         .as_ref()

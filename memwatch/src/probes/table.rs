@@ -66,6 +66,18 @@ pub enum Attach {
         program: &'static str,
         function: &'static str,
     },
+    /// A raw tracepoint: the event's `TP_PROTO` arguments, no record built or copied
+    /// (cheaper than `Tracepoint` on the same event, but the arguments are the call
+    /// site's, so only for events whose prototype is stable).
+    RawTracepoint {
+        program: &'static str,
+        name: &'static str,
+        /// The program works from values taken from kernel BTF (struct layouts, flag
+        /// bits): not attached without it.
+        btf: bool,
+    },
+    /// The first of these that attaches (e.g. a raw tracepoint, else the tracepoint).
+    FirstOf(&'static [Attach]),
     /// No program of its own: this rung is fed by another hook's programs, which must
     /// be attached.
     Shared { hook: &'static str },
@@ -76,16 +88,31 @@ impl Attach {
     pub fn program(&self) -> Option<&'static str> {
         match *self {
             Attach::Tracepoint { program, .. }
+            | Attach::RawTracepoint { program, .. }
             | Attach::Fentry { program, .. }
             | Attach::Fexit { program, .. }
             | Attach::Kprobe { program, .. }
             | Attach::Kretprobe { program, .. } => Some(program),
-            Attach::Shared { .. } => None,
+            Attach::FirstOf(_) | Attach::Shared { .. } => None,
         }
     }
 }
 
 impl Attach {
+    /// What kind of attach point this is, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Attach::Tracepoint { .. } => "tracepoint",
+            Attach::RawTracepoint { .. } => "raw tracepoint",
+            Attach::Fentry { .. } => "fentry",
+            Attach::Fexit { .. } => "fexit",
+            Attach::Kprobe { .. } => "kprobe",
+            Attach::Kretprobe { .. } => "kretprobe",
+            Attach::FirstOf(_) => "first of",
+            Attach::Shared { .. } => "shared",
+        }
+    }
+
     /// The kernel function(s) a function hook attaches to (`a|b`: alternatives, the
     /// first the kernel has is used).
     pub fn function(&self) -> Option<&'static str> {
@@ -94,7 +121,10 @@ impl Attach {
             | Attach::Fexit { function, .. }
             | Attach::Kprobe { function, .. }
             | Attach::Kretprobe { function, .. } => Some(function),
-            Attach::Tracepoint { .. } | Attach::Shared { .. } => None,
+            Attach::Tracepoint { .. }
+            | Attach::RawTracepoint { .. }
+            | Attach::FirstOf(_)
+            | Attach::Shared { .. } => None,
         }
     }
 }
@@ -178,6 +208,12 @@ const WB_WRITTEN: Attach = tp("wb_written", &[("writeback", "writeback_written")
 const WB_SINGLE_INODE: &[(&str, &str)] = &[("writeback", "writeback_single_inode")];
 const WB_SINGLE_INODE_FIELDS: &[(&str, &str)] =
     &[("OFF_WSI_NAME", "name"), ("OFF_WSI_WROTE", "wrote")];
+/// On the function rungs, `do_writepages` counts the pages; this only adds the device.
+const WB_SINGLE_INODE_DEVICE: Attach = tp(
+    "wb_single_inode_device",
+    WB_SINGLE_INODE,
+    WB_SINGLE_INODE_FIELDS,
+);
 
 /// Every hook memwatch knows, in attach order (a `Shared` rung names an earlier hook).
 pub const HOOKS: &[Hook] = &[
@@ -187,18 +223,33 @@ pub const HOOKS: &[Hook] = &[
         name: "page_fault",
         rungs: &[tracepoint(
             &[
-                tp(
-                    "page_fault_user",
-                    &[("exceptions", "page_fault_user")],
-                    &[("OFF_PF_ERROR_CODE", "error_code")],
-                ),
-                tp(
-                    "page_fault_kernel",
-                    &[("exceptions", "page_fault_kernel")],
-                    &[("OFF_PF_ERROR_CODE", "error_code")],
-                ),
+                Attach::FirstOf(&[
+                    Attach::RawTracepoint {
+                        program: "page_fault_user_raw",
+                        name: "page_fault_user",
+                        btf: false,
+                    },
+                    tp(
+                        "page_fault_user",
+                        &[("exceptions", "page_fault_user")],
+                        &[("OFF_PF_ERROR_CODE", "error_code")],
+                    ),
+                ]),
+                Attach::FirstOf(&[
+                    Attach::RawTracepoint {
+                        program: "page_fault_kernel_raw",
+                        name: "page_fault_kernel",
+                        btf: false,
+                    },
+                    tp(
+                        "page_fault_kernel",
+                        &[("exceptions", "page_fault_kernel")],
+                        &[("OFF_PF_ERROR_CODE", "error_code")],
+                    ),
+                ]),
             ],
-            "exceptions:page_fault_user/page_fault_kernel tracepoints (x86)",
+            "exceptions:page_fault_user/page_fault_kernel tracepoints (x86), raw where the \
+             kernel allows",
             "",
         )],
     },
@@ -414,11 +465,7 @@ pub const HOOKS: &[Hook] = &[
                     },
                     WB_START,
                     WB_WRITTEN,
-                    tp(
-                        "wb_single_inode_device",
-                        WB_SINGLE_INODE,
-                        WB_SINGLE_INODE_FIELDS,
-                    ),
+                    WB_SINGLE_INODE_DEVICE,
                 ],
                 needs: "BPF trampolines and kernel BTF, and the writeback tracepoints",
                 loses: "",
@@ -436,11 +483,7 @@ pub const HOOKS: &[Hook] = &[
                     },
                     WB_START,
                     WB_WRITTEN,
-                    tp(
-                        "wb_single_inode_device",
-                        WB_SINGLE_INODE,
-                        WB_SINGLE_INODE_FIELDS,
-                    ),
+                    WB_SINGLE_INODE_DEVICE,
                 ],
                 needs: "kprobes (CONFIG_KPROBE_EVENTS), and the writeback tracepoints",
                 loses: KPROBE_LOSES,
@@ -583,15 +626,22 @@ pub const HOOKS: &[Hook] = &[
         family: "lru",
         name: "lru_insertion",
         rungs: &[tracepoint(
-            &[tp(
-                "lru_insertion",
-                &[("pagemap", "mm_lru_insertion")],
-                &[
-                    ("OFF_LRU_INSERTION_LRU", "lru"),
-                    ("OFF_LRU_INSERTION_FOLIO", "folio|page"),
-                ],
-            )],
-            "pagemap:mm_lru_insertion",
+            &[Attach::FirstOf(&[
+                Attach::RawTracepoint {
+                    program: "lru_insertion_raw",
+                    name: "mm_lru_insertion",
+                    btf: true,
+                },
+                tp(
+                    "lru_insertion",
+                    &[("pagemap", "mm_lru_insertion")],
+                    &[
+                        ("OFF_LRU_INSERTION_LRU", "lru"),
+                        ("OFF_LRU_INSERTION_FOLIO", "folio|page"),
+                    ],
+                ),
+            ])],
+            "pagemap:mm_lru_insertion (raw with kernel BTF, for the page flag bits)",
             "",
         )],
     },
@@ -599,12 +649,19 @@ pub const HOOKS: &[Hook] = &[
         family: "lru",
         name: "lru_activate",
         rungs: &[tracepoint(
-            &[tp(
-                "lru_activate",
-                &[("pagemap", "mm_lru_activate")],
-                &[("OFF_LRU_ACTIVATE_FOLIO", "folio|page")],
-            )],
-            "pagemap:mm_lru_activate",
+            &[Attach::FirstOf(&[
+                Attach::RawTracepoint {
+                    program: "lru_activate_raw",
+                    name: "mm_lru_activate",
+                    btf: true,
+                },
+                tp(
+                    "lru_activate",
+                    &[("pagemap", "mm_lru_activate")],
+                    &[("OFF_LRU_ACTIVATE_FOLIO", "folio|page")],
+                ),
+            ])],
+            "pagemap:mm_lru_activate (raw with kernel BTF, for the folio layout)",
             "",
         )],
     },
