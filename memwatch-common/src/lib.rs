@@ -168,7 +168,8 @@ pub mod proc {
     pub const COUNTERS: usize = fault::SLOTS + 22;
 }
 
-/// Global-only counters, in `GLOBALS` after the per-process ones.
+/// Global-only counters, in `GLOBALS` after the per-process ones (whose global values
+/// are `ProcCache::totals`; `GLOBALS` leaves their slots at zero).
 pub mod global {
     use super::proc;
     /// Pages written by flusher/sync writeback, by reason: `WRITTEN + reason`
@@ -275,6 +276,9 @@ pub struct ProcCache {
     pub comm: [u8; COMM_LEN],
     /// As `ProcRow::counts`, not yet in `PROCS`.
     pub counts: [u64; proc::COUNTERS],
+    /// This CPU's share of the global value of each `proc::*` counter (never moved;
+    /// kept here rather than in `GLOBALS` so an event costs one map lookup).
+    pub totals: [u64; proc::COUNTERS],
 }
 
 /// Key of `KEYED_HISTS`: one histogram bucket of one process (`tgid` != 0) or one

@@ -11,7 +11,8 @@ use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcCache, ProcRo
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::SLOTS, 0);
 
-/// Global counters: `proc::*` (same index as in `ProcRow`), then `global::*`.
+/// Global counters `global::*` (the `proc::*` slots before them stay zero: those
+/// totals are in `PROC_CACHE`).
 #[map]
 pub static GLOBALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::SLOTS as u32, 0);
 
@@ -254,14 +255,17 @@ pub fn flush_if(tgid: u32) {
     }
 }
 
-/// Adds `n` to counter `idx` (a `proc::*` index) globally and for the current process.
+/// Adds `n` to counter `idx` (a `proc::*` index) globally and for the current process:
+/// both in this CPU's cache, one map lookup.
 #[inline(always)]
 pub fn count(idx: usize, n: u64) {
-    add(&GLOBALS, idx as u32, n);
     if idx < proc::COUNTERS {
         if let Some(c) = cache() {
             // SAFETY: as in `flush`; the index is bounds-checked.
-            unsafe { (*c).counts[idx] += n };
+            unsafe {
+                (*c).totals[idx] += n;
+                (*c).counts[idx] += n;
+            }
         }
     }
 }
@@ -269,12 +273,12 @@ pub fn count(idx: usize, n: u64) {
 /// Adds two counters at once.
 #[inline(always)]
 pub fn count2(a: usize, na: u64, b: usize, nb: u64) {
-    add(&GLOBALS, a as u32, na);
-    add(&GLOBALS, b as u32, nb);
     if a < proc::COUNTERS && b < proc::COUNTERS {
         if let Some(c) = cache() {
             // SAFETY: as in `flush`; the indices are bounds-checked.
             unsafe {
+                (*c).totals[a] += na;
+                (*c).totals[b] += nb;
                 (*c).counts[a] += na;
                 (*c).counts[b] += nb;
             }

@@ -186,7 +186,7 @@ fn parent_write_protect_faults_match_pages_written() {
     }
 
     // bpftool (not memwatch) confirms the programs are in the kernel, then gone.
-    let loaded = bpftool_progs("page_fault_user");
+    let loaded = page_fault_programs();
     assert!(loaded.contains("tracepoint"), "bpftool prog show: {loaded}");
     // With a rung forced (the VM harness runs the suite once per rung), the figure
     // above came from that rung's COW program: memwatch says so, and bpftool shows a
@@ -215,10 +215,16 @@ fn parent_write_protect_faults_match_pages_written() {
     let status = agent.stop();
     assert!(status.success(), "memwatch exit status {status}");
     std::thread::sleep(Duration::from_millis(200));
-    let left = bpftool_progs("page_fault_user");
+    let left = page_fault_programs();
     assert!(left.trim().is_empty(), "still loaded after SIGTERM: {left}");
     let left = cow_programs();
     assert!(left.is_empty(), "still loaded after SIGTERM: {left:?}");
+}
+
+/// The page-fault programs loaded: the raw tracepoint ones, or the tracepoint ones
+/// where the kernel refused raw.
+fn page_fault_programs() -> String {
+    bpftool_progs("page_fault_user_raw") + &bpftool_progs("page_fault_user")
 }
 
 /// `bpftool prog show name NAME` (empty when none is loaded).

@@ -25,7 +25,10 @@ const COW_FORKS: usize = 3;
 /// Bytes the streaming workload writes and reads back.
 const STREAM_BYTES: usize = 512 << 20;
 /// Runs of each side (without, with), in ABBA order.
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 9;
+/// The same-machine reference: the cheapest useful thing one can attach to page faults
+/// with the tools SREs use today (a count in one per-CPU map slot, no attribution).
+const BPFTRACE_REFERENCE: &str = "tracepoint:exceptions:page_fault_user { @faults = count(); }";
 
 fn vmstat(keys: &[&str]) -> u64 {
     let text = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
@@ -87,13 +90,27 @@ fn stream_workload(path: &Path) -> Result<Duration> {
     Ok(d)
 }
 
-/// memwatch running for one measurement.
+/// What runs beside the workload on the "with" side.
+enum Observer<'a> {
+    /// memwatch with this config file.
+    Memwatch(&'a Path),
+    /// A bpftrace script: the same-machine reference.
+    Bpftrace(&'a str),
+}
+
+/// memwatch (or the reference) running for one measurement.
 struct Agent {
     child: Child,
+    /// The signal that stops it cleanly.
+    stop_signal: i32,
 }
 
 impl Agent {
-    fn start(bin: &Path, port: u16, config: &Path) -> Result<Self> {
+    fn start(bin: &Path, port: u16, observer: &Observer) -> Result<Self> {
+        let config = match observer {
+            Observer::Memwatch(config) => config,
+            Observer::Bpftrace(script) => return Self::start_bpftrace(script),
+        };
         let child = Command::new(bin)
             .args(["run", "--log.level=error"])
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -109,7 +126,10 @@ impl Agent {
                 let mut r = String::new();
                 let _ = s.read_to_string(&mut r);
                 if r.contains("200") {
-                    return Ok(Self { child });
+                    return Ok(Self {
+                        child,
+                        stop_signal: libc::SIGTERM,
+                    });
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -117,12 +137,39 @@ impl Agent {
         bail!("memwatch did not come up on port {port}");
     }
 
+    /// Starts bpftrace and waits for its "Attaching" line.
+    fn start_bpftrace(script: &str) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new("bpftrace")
+            .args(["-e", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        let out = child.stdout.take().context("bpftrace stdout")?;
+        let mut lines = std::io::BufReader::new(out).lines();
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Attaching") => {}
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("bpftrace did not attach: {other:?}");
+            }
+        }
+        // Keep draining its output (the map it prints at exit) in the background.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            child,
+            stop_signal: libc::SIGINT,
+        })
+    }
+
     fn stop(mut self) -> Result<()> {
         // SAFETY: signalling the child we started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, self.stop_signal) };
         let status = self.child.wait()?;
         if !status.success() {
-            bail!("memwatch exited with {status}");
+            bail!("the observer exited with {status}");
         }
         Ok(())
     }
@@ -159,7 +206,7 @@ fn thread_cpu() -> f64 {
 
 fn measure(
     bin: &Path,
-    config: &Path,
+    observer: &Observer,
     mut run: impl FnMut() -> Result<Duration>,
     event_keys: &[&str],
 ) -> Result<Measured> {
@@ -181,7 +228,7 @@ fn measure(
             without_cpu.push(cpu);
             events.push((vmstat(event_keys) - e0) as f64);
         } else {
-            let agent = Agent::start(bin, port, config)?;
+            let agent = Agent::start(bin, port, observer)?;
             let (wall, cpu) = timed()?;
             with.push(wall);
             with_cpu.push(cpu);
@@ -245,19 +292,41 @@ pub fn overhead() -> Result<()> {
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     eprintln!("bench: COW workload, every hook");
-    let cow_all = measure(&bin, &all, || Ok(cow_workload(mem)), &["pgfault"])?;
-    eprintln!("bench: COW workload, page_fault tracepoints only");
-    let cow_pf = measure(&bin, &pf_only, || Ok(cow_workload(mem)), &["pgfault"])?;
+    let cow_all = measure(
+        &bin,
+        &Observer::Memwatch(&all),
+        || Ok(cow_workload(mem)),
+        &["pgfault"],
+    )?;
+    eprintln!("bench: COW workload, page_fault hook only");
+    let cow_pf = measure(
+        &bin,
+        &Observer::Memwatch(&pf_only),
+        || Ok(cow_workload(mem)),
+        &["pgfault"],
+    )?;
+    let reference = if which("bpftrace") {
+        eprintln!("bench: COW workload, the bpftrace reference");
+        Some(measure(
+            &bin,
+            &Observer::Bpftrace(BPFTRACE_REFERENCE),
+            || Ok(cow_workload(mem)),
+            &["pgfault"],
+        )?)
+    } else {
+        eprintln!("bench: no bpftrace: the reference line is left out");
+        None
+    };
     eprintln!("bench: streaming workload, every hook");
     let stream = measure(
         &bin,
-        &all,
+        &Observer::Memwatch(&all),
         || stream_workload(&file),
         &["nr_dirtied", "pgfault"],
     )?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let rows = [
+    let mut rows = vec![
         report_line(
             &format!(
                 "COW: fork + write {} MiB, x{COW_FORKS} (every hook)",
@@ -277,6 +346,18 @@ pub fn overhead() -> Result<()> {
             &stream,
         ),
     ];
+    if let Some(r) = &reference {
+        rows.insert(
+            2,
+            report_line(
+                &format!(
+                    "COW, reference: bpftrace `{BPFTRACE_REFERENCE}` (a bare per-CPU count on \
+                     the tracepoint)"
+                ),
+                r,
+            ),
+        );
+    }
     let section = format!(
         "Measured {} on this project's machine (2 cores), kernel {}, tracepoint rung \
          (the only one this host allows), medians of {ROUNDS} runs each side, alternating ABBA. \
@@ -293,6 +374,12 @@ pub fn overhead() -> Result<()> {
     println!("{section}");
     write_section(&root.join("docs/BENCHMARKS.md"), "overhead", &section)?;
     Ok(())
+}
+
+/// Whether `program` is on the PATH.
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Today's date (UTC) without a date crate.

@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // `cargo xtask bench scrape`: node_exporter 1.5, the CPU-per-scrape baseline.
     "prometheus-node-exporter",
+    // `cargo xtask bench overhead`: the same-machine reference (a bare bpftrace count).
+    "bpftrace",
     // `systemd-analyze verify` of deploy/memwatch.service. Harmless where systemd is not
     // PID 1: its scripts start nothing there, and nothing here boots with it.
     "systemd",

@@ -410,16 +410,18 @@ pub struct ProcTable {
 }
 
 impl ProcTable {
-    /// The caches that hold counts not yet in `PROCS`.
+    /// Every CPU's cache.
     fn caches(&self) -> anyhow::Result<Vec<ProcCache>> {
         let all = self.cache.get(&0, 0).context("reading PROC_CACHE")?;
-        Ok(all.iter().filter(|c| c.live != 0).copied().collect())
+        Ok(all.iter().copied().collect())
     }
 
-    /// Every process's counts: the rows of `PROCS`, then the caches added in. A cache
-    /// moved into `PROCS` between the two reads is missed for this read (the next
-    /// one sees it); `Bpf::read_rows` keeps the counts from going backwards.
-    fn read(&self) -> anyhow::Result<Vec<Row>> {
+    /// Every process's counts, and the global value of each `proc::*` counter: the rows
+    /// of `PROCS`, then the caches (one read, all CPUs) added in. A cache moved into
+    /// `PROCS` between the two reads is missed for this read (the next one sees it);
+    /// `Bpf::read_rows` keeps the counts from going backwards. The totals are read
+    /// last, so the rows never exceed them.
+    fn read(&self) -> anyhow::Result<(Vec<Row>, Counts)> {
         let mut rows = Vec::new();
         for item in self.procs.iter() {
             let (tgid, v) = item.context("reading PROCS")?;
@@ -427,7 +429,14 @@ impl ProcTable {
         }
         let mut at: StdHashMap<u32, usize> =
             rows.iter().enumerate().map(|(i, r)| (r.tgid, i)).collect();
+        let mut totals = [0; proc::COUNTERS];
         for c in self.caches()? {
+            for (t, v) in totals.iter_mut().zip(c.totals) {
+                *t += v;
+            }
+            if c.live == 0 {
+                continue;
+            }
             let i = *at.entry(c.tgid).or_insert_with(|| {
                 rows.push(Row::from_kernel(
                     c.tgid,
@@ -440,14 +449,16 @@ impl ProcTable {
             });
             add_cache(&mut rows[i].counts, &c);
         }
-        Ok(rows)
+        Ok((rows, totals))
     }
 
     /// One process's counts (its row and the caches), if it has any.
     fn row(&self, tgid: u32) -> Option<Counts> {
         let mut counts = self.procs.get(&tgid, 0).ok().map(|r| r.counts);
-        for c in self.caches().ok()?.iter().filter(|c| c.tgid == tgid) {
-            add_cache(counts.get_or_insert([0; proc::COUNTERS]), c);
+        for c in self.caches().ok()? {
+            if c.live != 0 && c.tgid == tgid {
+                add_cache(counts.get_or_insert([0; proc::COUNTERS]), &c);
+            }
         }
         counts
     }
@@ -535,9 +546,9 @@ impl Bpf {
 
     /// Reads the process table, ages out rows of processes gone for longer than
     /// `EXITED_GRACE`, and returns the rest with live comms.
-    fn read_rows(&self, state: &mut State) -> anyhow::Result<Vec<Row>> {
+    fn read_rows(&self, state: &mut State) -> anyhow::Result<(Vec<Row>, Counts)> {
         let mut table = self.procs.lock().expect("procs lock");
-        let mut rows = table.read()?;
+        let (mut rows, totals) = table.read()?;
         // Counters only grow: a count missed in flight (see `ProcTable::read`) shows as
         // the previous value, never as a drop.
         for row in &mut rows {
@@ -571,7 +582,7 @@ impl Bpf {
         }
         state.exited_since.retain(|t, _| seen.contains(t));
         state.last.retain(|t, _| seen.contains(t));
-        Ok(keep)
+        Ok((keep, totals))
     }
 
     fn collect_procs(
@@ -1026,9 +1037,13 @@ impl Collector for Bpf {
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut state = self.state.lock().expect("state lock");
         // Tables first, then the global counters: the globals only grow, so they are
-        // never behind the rows read before them.
-        let mut rows = self.read_rows(&mut state)?;
-        let globals = Self::sum_all(&self.globals, global::SLOTS)?;
+        // never behind the rows read before them (the per-process counters' globals
+        // come with the caches, read after the table).
+        let (mut rows, totals) = self.read_rows(&mut state)?;
+        let mut globals = Self::sum_all(&self.globals, global::SLOTS)?;
+        for (g, t) in globals.iter_mut().zip(totals) {
+            *g += t;
+        }
         self.collect_procs(out, &mut rows, &globals, &mut state);
         self.collect_keyed_hists(out, &globals)?;
         self.collect_devices(out, &globals)?;
