@@ -1,9 +1,12 @@
 //! Maps shared by the probe areas, and the helpers every program uses to count.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::map,
     maps::{LruHashMap, PerCpuArray},
+    Global,
 };
 use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcCache, ProcRow, COMM_LEN};
 
@@ -343,6 +346,34 @@ pub fn node_add(nid: i32, counter: usize, n: u64) {
     if nid >= 0 && (nid as usize) < node::MAX_NODES {
         add(&NODES, (nid as usize * node::COUNTERS + counter) as u32, n);
     }
+}
+
+/// Where a folio keeps its order (from kernel BTF; `FOLIO_ORDER_KNOWN` 0: count one
+/// page per folio).
+#[unsafe(no_mangle)]
+static FOLIO_ORDER_KNOWN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static FOLIO_HEAD_BIT: Global<u32> = Global::new(6);
+#[unsafe(no_mangle)]
+static FOLIO_ORDER_OFFSET: Global<u32> = Global::new(64);
+
+/// `folio->flags` (the first word of a folio or page).
+#[inline(always)]
+pub fn flags_of(folio: u64) -> u64 {
+    // SAFETY: bpf_probe_read_kernel of the folio the kernel is handling.
+    unsafe { bpf_probe_read_kernel(folio as *const u64) }.unwrap_or(0)
+}
+
+/// Pages in a folio (1 when the layout is unknown).
+#[inline(always)]
+pub fn folio_pages(folio: u64, flags: u64) -> u64 {
+    if FOLIO_ORDER_KNOWN.load() == 0 || flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
+        return 1;
+    }
+    let at = folio + FOLIO_ORDER_OFFSET.load() as u64;
+    // SAFETY: as above; the order is the low byte of `_flags_1` / `_folio_order`.
+    let order = unsafe { bpf_probe_read_kernel(at as *const u8) }.unwrap_or(0);
+    1u64 << (order & 31)
 }
 
 /// Declares tracepoint field offsets that the agent sets from tracefs at load time.

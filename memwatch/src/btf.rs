@@ -242,6 +242,34 @@ impl PageFlagBits {
     }
 }
 
+/// Offsets along mapping → host inode → super block → bdi → (dev, dev_name): how the
+/// raw dirty-page program names the backing device the way the tracepoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BdiPath {
+    pub mapping_host: u32,
+    pub inode_sb: u32,
+    pub sb_bdi: u32,
+    pub bdi_dev: u32,
+    pub bdi_dev_name: u32,
+}
+
+impl BdiPath {
+    pub fn from_btf(btf: &Btf) -> Result<Self, String> {
+        let off = |s: &str, m: &str| {
+            btf.member(s, m)
+                .map(|(o, _)| o)
+                .ok_or(format!("no {s}.{m} in kernel BTF"))
+        };
+        Ok(Self {
+            mapping_host: off("address_space", "host")?,
+            inode_sb: off("inode", "i_sb")?,
+            sb_bdi: off("super_block", "s_bdi")?,
+            bdi_dev: off("backing_dev_info", "dev")?,
+            bdi_dev_name: off("backing_dev_info", "dev_name")?,
+        })
+    }
+}
+
 /// Where a folio keeps its order, so programs can count pages, not folios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FolioLayout {

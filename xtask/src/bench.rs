@@ -26,6 +26,8 @@ const COW_FORKS: usize = 3;
 const STREAM_BYTES: usize = 512 << 20;
 /// Runs of each side (without, with), in ABBA order.
 const ROUNDS: usize = 9;
+/// Idle time before every measured run, on both sides.
+const SETTLE: Duration = Duration::from_secs(3);
 /// The same-machine reference: the cheapest useful thing one can attach to page faults
 /// with the tools SREs use today (a count in one per-CPU map slot, no attribution).
 const BPFTRACE_REFERENCE: &str = "tracepoint:exceptions:page_fault_user { @faults = count(); }";
@@ -213,6 +215,12 @@ fn measure(
     let port = 19847;
     run()?; // warm-up
     let mut timed = || -> Result<(f64, f64)> {
+        // Both sides start from the same idle time: on this machine a workload that
+        // allocates memory runs much slower a few seconds after the last one than
+        // right after it (the hypervisor takes freed guest memory back; measured: the
+        // streaming workload's CPU time 0.11 s right after a run, 0.27 s after 3 s
+        // idle), and only the memwatch side would otherwise wait for memwatch to start.
+        std::thread::sleep(SETTLE);
         let c0 = thread_cpu();
         let wall = run()?.as_secs_f64();
         Ok((wall, thread_cpu() - c0))
@@ -360,7 +368,7 @@ pub fn overhead() -> Result<()> {
     }
     let section = format!(
         "Measured {} on this project's machine (2 cores), kernel {}, tracepoint rung \
-         (the only one this host allows), medians of {ROUNDS} runs each side, alternating ABBA. \
+         (the only one this host allows), medians of {ROUNDS} runs each side, alternating ABBA, each after {}s idle. \
          Slowdown in wall time, and in CPU time of the thread running the workload (where the \
          faults, syscalls and the programs they trigger are charged; steadier on a shared \
          machine); cost per event from the CPU time.\n\
@@ -369,6 +377,7 @@ pub fn overhead() -> Result<()> {
          |---|---|---|---|---|---|---|\n{}\n",
         today(),
         kernel.trim(),
+        SETTLE.as_secs(),
         rows.join("\n")
     );
     println!("{section}");

@@ -14,16 +14,7 @@ use aya_ebpf::{
 };
 use memwatch_common::{global, node};
 
-use crate::maps::{add, field, node_add, GLOBALS};
-
-/// Where a folio keeps its order (from kernel BTF; `FOLIO_ORDER_KNOWN` 0: count one
-/// page per folio).
-#[unsafe(no_mangle)]
-static FOLIO_ORDER_KNOWN: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static FOLIO_HEAD_BIT: Global<u32> = Global::new(6);
-#[unsafe(no_mangle)]
-static FOLIO_ORDER_OFFSET: Global<u32> = Global::new(64);
+use crate::maps::{add, field, flags_of, folio_pages, node_add, GLOBALS};
 
 /// Bits of `enum pageflags` (from kernel BTF), for the raw insertion program.
 #[unsafe(no_mangle)]
@@ -55,31 +46,9 @@ crate::offsets! {
     OFF_SA_REFERENCED = 40;
 }
 
-/// `folio->flags` (the first word of a folio or page).
-#[inline(always)]
-fn flags_of(folio: u64) -> u64 {
-    // SAFETY: bpf_probe_read_kernel of the folio the kernel is handling.
-    unsafe { bpf_probe_read_kernel(folio as *const u64) }.unwrap_or(0)
-}
-
-/// Pages in a folio (1 when the layout is unknown).
-#[inline(always)]
-fn folio_pages(folio: u64, flags: u64) -> u64 {
-    if FOLIO_ORDER_KNOWN.load() == 0 || flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
-        return 1;
-    }
-    let at = folio + FOLIO_ORDER_OFFSET.load() as u64;
-    // SAFETY: as above; the order is the low byte of `_flags_1` / `_folio_order`.
-    let order = unsafe { bpf_probe_read_kernel(at as *const u8) }.unwrap_or(0);
-    1u64 << (order & 31)
-}
-
 /// Pages in the folio a tracepoint record points to (1 when unreadable).
 #[inline(always)]
 fn record_folio_pages(ctx: &TracePointContext, off: &Global<u32>) -> u64 {
-    if FOLIO_ORDER_KNOWN.load() == 0 {
-        return 1;
-    }
     let Ok(folio) = field::<u64>(ctx, off) else {
         return 1;
     };

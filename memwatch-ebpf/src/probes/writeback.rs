@@ -1,6 +1,9 @@
 //! Dirty pages and writeback (tracepoints):
-//! - `writeback_dirty_folio` (5.17+) or `writeback_dirty_page`: a page dirtied, by the
-//!   task that dirtied it, on a backing device;
+//! - `writeback_dirty_folio` (5.17+) or `writeback_dirty_page`: a folio dirtied, by the
+//!   task that dirtied it, on a backing device. As a raw tracepoint where kernel BTF
+//!   gives the layouts: the folio's pages counted (large folios: ext4 on 6.16+, XFS
+//!   from 5.18), the device named by walking mapping → inode → super block → bdi as
+//!   the tracepoint does; else as a tracepoint, one page per folio;
 //! - `writeback_start`/`writeback_written`: the reason of the flusher work in progress;
 //! - `writeback_single_inode`: pages written for one inode, by device and that reason;
 //! - `do_writepages` (fentry/fexit or kprobe/kretprobe), where it attaches: every page
@@ -16,8 +19,11 @@
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
     Global,
 };
 use memwatch_common::{global, hist, proc, DevKey, DEV_DIRTIED, DEV_WRITTEN};
@@ -25,8 +31,9 @@ use memwatch_common::{global, hist, proc, DevKey, DEV_DIRTIED, DEV_WRITTEN};
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
 use crate::maps::{
-    add, begin, count, count2, end, field, keyed_add, observe, observe_keyed, pending, stash, take,
-    GLOBALS, PENDING_SINGLE_INODE, PENDING_WB_WORK, PENDING_WRITEPAGES,
+    add, begin, count, count2, end, field, flags_of, folio_pages, keyed_add, observe,
+    observe_keyed, pending, stash, take, GLOBALS, PENDING_SINGLE_INODE, PENDING_WB_WORK,
+    PENDING_WRITEPAGES,
 };
 
 crate::offsets! {
@@ -63,6 +70,67 @@ fn device_add(ctx: &TracePointContext, name_off: &Global<u32>, what: u32, reason
         return;
     };
     keyed_add(&DEVICES, &DevKey { name, what, reason }, n);
+}
+
+/// Byte offsets along mapping → host inode → super block → bdi → (dev, dev_name), from
+/// kernel BTF.
+#[unsafe(no_mangle)]
+static OFF_MAPPING_HOST: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_INODE_SB: Global<u32> = Global::new(40);
+#[unsafe(no_mangle)]
+static OFF_SB_BDI: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_BDI_DEV: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_BDI_DEV_NAME: Global<u32> = Global::new(0);
+
+#[inline(always)]
+fn read_ptr(base: u64, off: &Global<u32>) -> u64 {
+    if base == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel of a pointer field of a kernel object.
+    unsafe { bpf_probe_read_kernel((base + off.load() as u64) as *const u64) }.unwrap_or(0)
+}
+
+/// The backing device's name of a mapping, as `bdi_dev_name(inode_to_bdi(host))` gives
+/// it to the tracepoint (block-device inodes, whose bdi is their disk's, read as
+/// "(unknown)" here).
+#[inline(always)]
+fn bdi_name(mapping: u64) -> [u8; 32] {
+    let mut name = [0u8; 32];
+    let bdi = read_ptr(
+        read_ptr(read_ptr(mapping, &OFF_MAPPING_HOST), &OFF_INODE_SB),
+        &OFF_SB_BDI,
+    );
+    if bdi == 0 || read_ptr(bdi, &OFF_BDI_DEV) == 0 {
+        name[..9].copy_from_slice(b"(unknown)");
+        return name;
+    }
+    let at = (bdi + OFF_BDI_DEV_NAME.load() as u64) as *const u8;
+    // SAFETY: bpf_probe_read_kernel_str of the bdi's own name buffer (NUL-terminated,
+    // truncated to fit like the tracepoint's strscpy).
+    let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(at, &mut name) };
+    name[31] = 0;
+    name
+}
+
+/// TP_PROTO(struct folio *folio, struct address_space *mapping) (5.10:
+/// `writeback_dirty_page`, struct page *page, same order).
+#[raw_tracepoint(tracepoint = "writeback_dirty_folio")]
+pub fn wb_dirty_raw(ctx: RawTracePointContext) -> i32 {
+    let folio: u64 = ctx.arg(0);
+    let mapping: u64 = ctx.arg(1);
+    let pages = folio_pages(folio, flags_of(folio));
+    count(proc::DIRTIED, pages);
+    let key = DevKey {
+        name: bdi_name(mapping),
+        what: DEV_DIRTIED,
+        reason: 0,
+    };
+    keyed_add(&DEVICES, &key, pages);
+    0
 }
 
 #[tracepoint]

@@ -241,7 +241,7 @@ fn attach_one(
         }
         Attach::RawTracepoint { program, name, btf } => {
             if btf {
-                support.btf.as_ref().map_err(Clone::clone)?;
+                support.raw_layouts()?;
             }
             let p: &mut RawTracePoint = program_mut(ebpf, program)?;
             load_once(p.load()).map_err(|e| explain("load", &e))?;

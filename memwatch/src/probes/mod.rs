@@ -19,6 +19,21 @@ pub struct KernelSupport {
     pub tracefs: Result<Tracefs, String>,
     pub btf: Result<Btf, String>,
     pub kprobes: Result<(), String>,
+    /// Kernel BTF as memwatch's own reader parses it: struct layouts and flag bits for
+    /// the programs that read kernel objects.
+    pub layouts: Result<crate::btf::Btf, String>,
+}
+
+impl KernelSupport {
+    /// What the raw tracepoint programs that read kernel objects need: the page flag
+    /// bits and the path from a mapping to its backing device's name.
+    pub fn raw_layouts(&self) -> Result<(crate::btf::PageFlagBits, crate::btf::BdiPath), String> {
+        let b = self.layouts.as_ref().map_err(Clone::clone)?;
+        Ok((
+            crate::btf::PageFlagBits::from_btf(b)?,
+            crate::btf::BdiPath::from_btf(b)?,
+        ))
+    }
 }
 
 impl KernelSupport {
@@ -40,6 +55,7 @@ impl KernelSupport {
             tracefs,
             btf,
             kprobes,
+            layouts: crate::btf::Btf::from_sys_fs(),
         }
     }
 }
@@ -198,10 +214,9 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
         loader.override_global(global, offset, true);
     }
     loader.override_global("NS_PER_JIFFY", &ns_per_jiffy, true);
-    // Folio sizes, so LRU events count pages like /proc/vmstat does.
-    let btf = crate::btf::Btf::from_sys_fs();
+    // Folio sizes, so LRU and dirty-page events count pages like /proc/vmstat does.
+    let btf = support.layouts.as_ref();
     let folio = btf
-        .as_ref()
         .map_err(Clone::clone)
         .and_then(crate::btf::FolioLayout::from_btf);
     let folio_known: u32 = match &folio {
@@ -220,21 +235,26 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     loader.override_global("FOLIO_ORDER_KNOWN", &folio_known, true);
     loader.override_global("FOLIO_HEAD_BIT", &head_bit, true);
     loader.override_global("FOLIO_ORDER_OFFSET", &order_offset, true);
-    // The page flags the raw LRU insertion program works the list out from (it is
-    // attached only with kernel BTF; the defaults are 6.x's).
-    let bits = btf
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(crate::btf::PageFlagBits::from_btf);
-    if let Err(e) = &bits {
-        log::warn!(
-            "page flag bits unknown ({e}): raw LRU insertions may file pages under the wrong list"
-        );
+    // For the raw tracepoint programs that read kernel objects (attached only when
+    // these are known, see `Attach::RawTracepoint::btf`).
+    let raw = support.raw_layouts();
+    if let Err(e) = &raw {
+        log::info!("raw LRU and dirty-page tracepoints unavailable: {e}");
     }
-    if let Ok(bits) = &bits {
-        loader.override_global("PG_ACTIVE", &bits.active, true);
-        loader.override_global("PG_UNEVICTABLE", &bits.unevictable, true);
-        loader.override_global("PG_SWAPBACKED", &bits.swapbacked, true);
+    let raw_globals = raw.as_ref().ok().map(|(bits, path)| {
+        [
+            ("PG_ACTIVE", bits.active),
+            ("PG_UNEVICTABLE", bits.unevictable),
+            ("PG_SWAPBACKED", bits.swapbacked),
+            ("OFF_MAPPING_HOST", path.mapping_host),
+            ("OFF_INODE_SB", path.inode_sb),
+            ("OFF_SB_BDI", path.sb_bdi),
+            ("OFF_BDI_DEV", path.bdi_dev),
+            ("OFF_BDI_DEV_NAME", path.bdi_dev_name),
+        ]
+    });
+    for (name, value) in raw_globals.iter().flatten() {
+        loader.override_global(name, value, true);
     }
     // Where a task keeps its exit status, for fork episodes.
     let exit_code_offset: u32 = btf

@@ -73,7 +73,7 @@ pub enum Attach {
         program: &'static str,
         name: &'static str,
         /// The program works from values taken from kernel BTF (struct layouts, flag
-        /// bits): not attached without it.
+        /// bits: `KernelSupport::raw_layouts`): not attached without them.
         btf: bool,
     },
     /// The first of these that attaches (e.g. a raw tracepoint, else the tracepoint).
@@ -436,15 +436,28 @@ pub const HOOKS: &[Hook] = &[
         family: "writeback",
         name: "writeback_dirty",
         rungs: &[tracepoint(
-            &[tp(
-                "wb_dirty",
-                &[
-                    ("writeback", "writeback_dirty_folio"),
-                    ("writeback", "writeback_dirty_page"),
-                ],
-                &[("OFF_DIRTY_NAME", "name")],
-            )],
-            "writeback:writeback_dirty_folio (5.17+) or writeback_dirty_page",
+            &[Attach::FirstOf(&[
+                Attach::RawTracepoint {
+                    program: "wb_dirty_raw",
+                    name: "writeback_dirty_folio",
+                    btf: true,
+                },
+                Attach::RawTracepoint {
+                    program: "wb_dirty_raw",
+                    name: "writeback_dirty_page",
+                    btf: true,
+                },
+                tp(
+                    "wb_dirty",
+                    &[
+                        ("writeback", "writeback_dirty_folio"),
+                        ("writeback", "writeback_dirty_page"),
+                    ],
+                    &[("OFF_DIRTY_NAME", "name")],
+                ),
+            ])],
+            "writeback:writeback_dirty_folio (5.17+) or writeback_dirty_page; raw with kernel \
+             BTF (which counts a large folio's pages, not one per folio)",
             "",
         )],
     },
