@@ -7,7 +7,6 @@
 //! does, `folio_lru_list`/`page_lru`), else as tracepoints (the list from the record).
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
     Global,
