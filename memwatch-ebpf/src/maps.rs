@@ -6,7 +6,6 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray},
-    Global,
 };
 use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcCache, ProcRow, COMM_LEN};
 
@@ -348,14 +347,13 @@ pub fn node_add(nid: i32, counter: usize, n: u64) {
     }
 }
 
-/// Where a folio keeps its order (from kernel BTF; `FOLIO_ORDER_KNOWN` 0: count one
-/// page per folio).
-#[unsafe(no_mangle)]
-static FOLIO_ORDER_KNOWN: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static FOLIO_HEAD_BIT: Global<u32> = Global::new(6);
-#[unsafe(no_mangle)]
-static FOLIO_ORDER_OFFSET: Global<u32> = Global::new(64);
+// Where a folio keeps its order (from kernel BTF; `FOLIO_ORDER_KNOWN` 0: count one
+// page per folio).
+crate::offsets! {
+    FOLIO_ORDER_KNOWN = 0;
+    FOLIO_HEAD_BIT = 6;
+    FOLIO_ORDER_OFFSET = 64;
+}
 
 /// `folio->flags` (the first word of a folio or page).
 #[inline(always)]
@@ -376,8 +374,9 @@ pub fn folio_pages(folio: u64, flags: u64) -> u64 {
     1u64 << (order & 31)
 }
 
-/// Declares tracepoint field offsets that the agent sets from tracefs at load time.
-/// The defaults are this project's 6.x layouts; the agent always overrides them.
+/// Declares `u32` globals the agent sets at load time: tracepoint field offsets (from
+/// tracefs) and kernel layouts (from BTF). The defaults are this project's 6.x
+/// layouts; the agent overrides them with what the running kernel says.
 #[macro_export]
 macro_rules! offsets {
     ($($name:ident = $default:expr;)*) => {

@@ -15,13 +15,12 @@ use memwatch_common::{global, node};
 
 use crate::maps::{add, field, flags_of, folio_pages, node_add, GLOBALS};
 
-/// Bits of `enum pageflags` (from kernel BTF), for the raw insertion program.
-#[unsafe(no_mangle)]
-static PG_ACTIVE: Global<u32> = Global::new(5);
-#[unsafe(no_mangle)]
-static PG_UNEVICTABLE: Global<u32> = Global::new(18);
-#[unsafe(no_mangle)]
-static PG_SWAPBACKED: Global<u32> = Global::new(19);
+// Bits of `enum pageflags` (from kernel BTF), for the raw insertion program.
+crate::offsets! {
+    PG_ACTIVE = 5;
+    PG_UNEVICTABLE = 18;
+    PG_SWAPBACKED = 19;
+}
 
 crate::offsets! {
     OFF_LRU_INSERTION_FOLIO = 8;

@@ -72,18 +72,15 @@ fn device_add(ctx: &TracePointContext, name_off: &Global<u32>, what: u32, reason
     keyed_add(&DEVICES, &DevKey { name, what, reason }, n);
 }
 
-/// Byte offsets along mapping → host inode → super block → bdi → (dev, dev_name), from
-/// kernel BTF.
-#[unsafe(no_mangle)]
-static OFF_MAPPING_HOST: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_INODE_SB: Global<u32> = Global::new(40);
-#[unsafe(no_mangle)]
-static OFF_SB_BDI: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_BDI_DEV: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_BDI_DEV_NAME: Global<u32> = Global::new(0);
+// Byte offsets along mapping → host inode → super block → bdi → (dev, dev_name), from
+// kernel BTF.
+crate::offsets! {
+    OFF_MAPPING_HOST = 0;
+    OFF_INODE_SB = 40;
+    OFF_SB_BDI = 0;
+    OFF_BDI_DEV = 0;
+    OFF_BDI_DEV_NAME = 0;
+}
 
 #[inline(always)]
 fn read_ptr(base: u64, off: &Global<u32>) -> u64 {

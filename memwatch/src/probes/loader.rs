@@ -145,7 +145,7 @@ pub fn attach_all(
     outcomes
 }
 
-/// " (on f, g)" for the functions picked among alternatives, "" for none.
+/// " (on a, b)" for the alternatives taken (functions, `FirstOf` picks), "" for none.
 pub fn on_functions(picked: &[&str]) -> String {
     if picked.is_empty() {
         String::new()
