@@ -58,6 +58,8 @@ pub const PENDING_WB_WORK: u32 = 5;
 pub const PENDING_DUP_MMAP_DONE: u32 = 6;
 /// A `do_writepages` call: (`nr_to_write` at entry, the `writeback_control`).
 pub const PENDING_WRITEPAGES: u32 = 7;
+/// The mapping of that `do_writepages` call, for the device written to.
+pub const PENDING_WRITEPAGES_MAPPING: u32 = 9;
 /// Inside `__writeback_single_inode` (writeback_single_inode_start seen, not yet the end).
 pub const PENDING_SINGLE_INODE: u32 = 8;
 

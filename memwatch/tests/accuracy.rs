@@ -206,6 +206,24 @@ fn dirtied_and_written_match_vmstat() {
             caller >= DIRTY_PAGES as f64,
             "fsync's {DIRTY_PAGES} pages not under reason=\"caller\": {caller}"
         );
+        if rung != "tracepoint" {
+            // do_writepages names the device (the ext4 tracepoint cannot).
+            let named = |m: &Metrics| -> f64 {
+                m.family("memwatch_writeback_written_pages_total")
+                    .iter()
+                    .filter(|s| s.1.get("reason").map(String::as_str) == Some("caller"))
+                    .filter(|s| s.1.get("device").map(String::as_str) != Some("other"))
+                    .map(|s| s.2)
+                    .sum()
+            };
+            let named = named(&m1) - named(&m0);
+            println!("written pages, fsync, on a named device: {named}");
+            assert!(
+                named >= DIRTY_PAGES as f64,
+                "fsync's {DIRTY_PAGES} pages not under a named device: {named}\n{}",
+                m1.text
+            );
+        }
     }
     // syncfs: the flusher writes them back, which every rung sees.
     assert_close(

@@ -33,7 +33,7 @@ use aya_ebpf::{macros::map, maps::LruHashMap};
 use crate::maps::{
     add, begin, count, count2, end, field, flags_of, folio_pages, keyed_add, observe,
     observe_keyed, pending, stash, take, GLOBALS, PENDING_SINGLE_INODE, PENDING_WB_WORK,
-    PENDING_WRITEPAGES,
+    PENDING_WRITEPAGES, PENDING_WRITEPAGES_MAPPING,
 };
 
 crate::offsets! {
@@ -75,6 +75,7 @@ fn device_add(ctx: &TracePointContext, name_off: &Global<u32>, what: u32, reason
 // Byte offsets along mapping → host inode → super block → bdi → (dev, dev_name), from
 // kernel BTF.
 crate::offsets! {
+    BDI_PATH_KNOWN = 0;
     OFF_MAPPING_HOST = 0;
     OFF_INODE_SB = 40;
     OFF_SB_BDI = 0;
@@ -183,9 +184,14 @@ pub fn wb_single_inode(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Function rungs: `do_writepages` counts the pages; this adds the device.
+/// Function rungs: `do_writepages` counts the pages, and names their device where the
+/// path to it is known; else this adds the device (for flusher and sync_inode
+/// writeback only).
 #[tracepoint]
 pub fn wb_single_inode_device(ctx: TracePointContext) -> u32 {
+    if BDI_PATH_KNOWN.load() != 0 {
+        return 0;
+    }
     if let Some((reason, wrote)) = single_inode(&ctx) {
         device_add(&ctx, &OFF_WSI_NAME, DEV_WRITTEN, reason, wrote);
     }
@@ -235,9 +241,10 @@ fn nr_to_write(wbc: u64) -> Option<i64> {
 }
 
 #[inline(always)]
-fn writepages_begin(wbc: u64) {
+fn writepages_begin(mapping: u64, wbc: u64) {
     if let Some(n) = nr_to_write(wbc) {
         stash(PENDING_WRITEPAGES, n as u64, wbc);
+        stash(PENDING_WRITEPAGES_MAPPING, mapping, 0);
     }
 }
 
@@ -245,6 +252,7 @@ fn writepages_begin(wbc: u64) {
 /// or folio submitted; `writeback_single_inode`'s `wrote` is the same difference).
 #[inline(always)]
 fn writepages_done() {
+    let mapping = take(PENDING_WRITEPAGES_MAPPING).map_or(0, |(m, _)| m);
     let Some((before, wbc)) = take(PENDING_WRITEPAGES) else {
         return;
     };
@@ -253,18 +261,27 @@ fn writepages_done() {
     };
     let wrote = (before as i64).saturating_sub(after);
     if wrote > 0 {
+        let reason = wb_reason();
         add(
             &GLOBALS,
-            (global::WRITTEN + wb_reason() as usize) as u32,
+            (global::WRITTEN + reason as usize) as u32,
             wrote as u64,
         );
+        if BDI_PATH_KNOWN.load() != 0 {
+            let key = DevKey {
+                name: bdi_name(mapping),
+                what: DEV_WRITTEN,
+                reason,
+            };
+            keyed_add(&DEVICES, &key, wrote as u64);
+        }
     }
 }
 
 /// do_writepages(struct address_space *mapping, struct writeback_control *wbc)
 #[fentry(function = "do_writepages")]
 pub fn wb_writepages_fentry(ctx: FEntryContext) -> u32 {
-    writepages_begin(ctx.arg(1));
+    writepages_begin(ctx.arg(0), ctx.arg(1));
     0
 }
 
@@ -276,7 +293,7 @@ pub fn wb_writepages_fexit(_ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn wb_writepages_kprobe(ctx: ProbeContext) -> u32 {
-    writepages_begin(ctx.arg(1).unwrap_or(0));
+    writepages_begin(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
     0
 }
 

@@ -793,8 +793,9 @@ impl Bpf {
                 "Pages written back, per device and reason (the flusher work's wb_reason; \
                  caller: writeback the calling task started, e.g. fsync(), \
                  sync_file_range(), O_SYNC writes, sync_inode). On the tracepoint rung only \
-                 flusher and sync_inode writeback is seen; device=\"other\" holds what no \
-                 writeback tracepoint named a device for.",
+                 flusher and sync_inode writeback, and ext4's own, is seen; \
+                 device=\"other\" holds what no device was named for (there: fsync and \
+                 the like).",
             );
             for r in 0..global::WB_REASONS {
                 let reason = wb_reason(r);

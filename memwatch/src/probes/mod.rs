@@ -246,6 +246,7 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
             ("PG_ACTIVE", bits.active),
             ("PG_UNEVICTABLE", bits.unevictable),
             ("PG_SWAPBACKED", bits.swapbacked),
+            ("BDI_PATH_KNOWN", 1),
             ("OFF_MAPPING_HOST", path.mapping_host),
             ("OFF_INODE_SB", path.inode_sb),
             ("OFF_SB_BDI", path.sb_bdi),
