@@ -10,7 +10,7 @@ use std::{ffi::CString, path::PathBuf, sync::OnceLock};
 use common::{
     read_vmstat, root_or_skip,
     workload::{Ctl, Workload},
-    Agent, Metrics, TempFile,
+    Agent, Memcg, Metrics, TempFile,
 };
 
 /// Every process gets its own row.
@@ -293,43 +293,6 @@ fn reader_body(ctl: &Ctl) -> i32 {
     0
 }
 
-/// A memory cgroup limited to MEMCG_LIMIT, removed on drop.
-struct Memcg {
-    dir: PathBuf,
-    /// The path as /proc/PID/cgroup shows it.
-    path: String,
-}
-
-impl Memcg {
-    fn create() -> Option<Self> {
-        let name = format!("memwatch-test-{}", std::process::id());
-        let (root, limit_file) =
-            if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
-                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
-            } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
-                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
-            {
-                ("/sys/fs/cgroup", "memory.max")
-            } else {
-                return None;
-            };
-        let dir = PathBuf::from(root).join(&name);
-        std::fs::create_dir(&dir).ok()?;
-        let cg = Self {
-            dir,
-            path: format!("/{name}"),
-        };
-        std::fs::write(cg.dir.join(limit_file), MEMCG_LIMIT.to_string()).ok()?;
-        Some(cg)
-    }
-}
-
-impl Drop for Memcg {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 /// Writes the file to read, then drops it from the page cache so reading it charges
 /// the cgroup.
 fn make_uncached_file(path: &std::path::Path, len: u64) {
@@ -396,7 +359,7 @@ struct ReclaimRun {
 /// attribution to the reader and its cgroup, and stolen, deactivated and activated
 /// pages against /proc/vmstat. None when there is no memory cgroup to use.
 fn memcg_reclaim_run(test: &str) -> Option<ReclaimRun> {
-    let Some(cg) = Memcg::create() else {
+    let Some(cg) = Memcg::create("reclaim", MEMCG_LIMIT) else {
         println!(
             "SKIP {test}: no writable memory cgroup (v1 memory hierarchy or v2 memory controller)"
         );

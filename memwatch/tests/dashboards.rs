@@ -24,9 +24,9 @@ use std::{
 };
 
 use common::{
-    free_port, root_or_skip,
+    free_port, root_or_skip, terminate,
     workload::{map_populated, Ctl, Workload},
-    Agent, TempFile,
+    Agent, Memcg, TempFile,
 };
 use serde_json::Value;
 
@@ -424,38 +424,6 @@ fn reader_body(ctl: &Ctl) -> i32 {
     0
 }
 
-/// A memory cgroup (v1 memory hierarchy or v2 memory controller) limited to
-/// MEMCG_LIMIT, removed on drop.
-struct Memcg {
-    dir: PathBuf,
-}
-
-impl Memcg {
-    fn create() -> Option<Self> {
-        let name = format!("memwatch-test-dash-{}", std::process::id());
-        let (root, limit) = if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
-            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
-        } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
-            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
-        {
-            ("/sys/fs/cgroup", "memory.max")
-        } else {
-            return None;
-        };
-        let dir = Path::new(root).join(name);
-        std::fs::create_dir(&dir).ok()?;
-        let cg = Self { dir };
-        std::fs::write(cg.dir.join(limit), MEMCG_LIMIT.to_string()).ok()?;
-        Some(cg)
-    }
-}
-
-impl Drop for Memcg {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 /// Debian's Prometheus on a loopback port with a temporary TSDB; stopped by PID and
 /// its directory removed on drop.
 struct Prometheus {
@@ -534,17 +502,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        // SAFETY: signalling the PID of the child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let _ = terminate(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -734,7 +692,7 @@ fn prometheus_evaluates_every_panel_and_rule() {
     w.expect(b'W');
     w.wait_done();
 
-    let cg = Memcg::create();
+    let cg = Memcg::create("dash", MEMCG_LIMIT);
     let _read_cleanup;
     let reader = if let Some(cg) = &cg {
         let read =

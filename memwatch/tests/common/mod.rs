@@ -78,6 +78,46 @@ impl Drop for TempFile {
     }
 }
 
+/// A memory cgroup (v1 memory hierarchy or v2 memory controller) with a memory limit,
+/// removed on drop.
+pub struct Memcg {
+    pub dir: PathBuf,
+    /// The path as /proc/PID/cgroup shows it.
+    pub path: String,
+}
+
+impl Memcg {
+    /// `memwatch-test-<tag>-<our pid>` limited to `limit` bytes; None where the kernel
+    /// has no memory controller mounted where memwatch looks, or it can't be made.
+    pub fn create(tag: &str, limit: u64) -> Option<Self> {
+        let name = format!("memwatch-test-{tag}-{}", std::process::id());
+        let (root, limit_file) =
+            if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+            } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+            {
+                ("/sys/fs/cgroup", "memory.max")
+            } else {
+                return None;
+            };
+        let dir = PathBuf::from(root).join(&name);
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self {
+            dir,
+            path: format!("/{name}"),
+        };
+        std::fs::write(cg.dir.join(limit_file), limit.to_string()).ok()?;
+        Some(cg)
+    }
+}
+
+impl Drop for Memcg {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// A running agent, stopped (SIGTERM, by PID) when dropped.
 pub struct Agent {
     child: Option<Child>,
@@ -178,20 +218,25 @@ impl Agent {
     }
 
     fn stop_inner(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: signalling the PID of the child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        terminate(&mut self.child.take()?)
+    }
+}
+
+/// Stops a child we spawned: SIGTERM by its PID, then SIGKILL if it has not exited
+/// within 30 s. Its exit status.
+pub fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    // SAFETY: signalling the PID of the child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().ok().flatten() {
+            return Some(s);
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
