@@ -222,18 +222,6 @@ fi
 exit 0
 "#;
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// `cargo xtask dist`: target/dist/memwatch_VERSION_ARCH.deb.
 pub fn dist(args: DistArgs) -> Result<()> {
     let bin = release_bin(args.bin)?;
@@ -248,7 +236,8 @@ pub fn dist(args: DistArgs) -> Result<()> {
     };
     let files = stage(&root, &layout, &bin)?;
     let version = env!("CARGO_PKG_VERSION");
-    let arch = output(Command::new("dpkg").arg("--print-architecture"))?;
+    let arch = crate::output(Command::new("dpkg").arg("--print-architecture"))?;
+    let arch = arch.trim();
     let size_kib: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(under(&root, &f.path)).ok())

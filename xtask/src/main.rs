@@ -218,6 +218,20 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Runs cargo (the stable one that runs xtask) in the workspace root.
+/// Runs `cmd` and returns its standard output; fails, with its standard error when
+/// that was captured, if it can't start or exits non-zero.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.trim().is_empty() {
+            bail!("{cmd:?} failed ({})", out.status);
+        }
+        bail!("{cmd:?} failed ({}):\n{stderr}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));

@@ -89,15 +89,9 @@ pub fn path_with_tools() -> OsString {
     std::env::join_paths(dirs).expect("PATH entries")
 }
 
+/// `crate::output`, with the command's standard error shown as it runs.
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({})", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::output(cmd.stderr(Stdio::inherit()))
 }
 
 fn rustup(args: &[&str]) -> Command {

@@ -213,18 +213,6 @@ fn apt_options(apt_dir: &Path) -> Vec<String> {
     ]
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Resolves the newest `linux-image-<series>*-amd64` of the series' suite and downloads
 /// it into the cache (apt skips a file that is already there and verified). Returns
 /// the package name and the .deb.
@@ -251,11 +239,13 @@ fn download(root: &Path, series: &Series) -> Result<(String, PathBuf)> {
         series.suite,
         apt_dir.display()
     );
-    run(Command::new("apt-get").args(&opts).args(["-qq", "update"]))
+    crate::output(Command::new("apt-get").args(&opts).args(["-qq", "update"]))
         .context("apt-get update (private sources list)")?;
-    let names = run(Command::new("apt-cache")
-        .args(&opts)
-        .args(["pkgnames", "linux-image-"]))?;
+    let names = crate::output(
+        Command::new("apt-cache")
+            .args(&opts)
+            .args(["pkgnames", "linux-image-"]),
+    )?;
     let package = newest_image(series.name, names.lines()).with_context(|| {
         format!(
             "no linux-image-{}*-amd64 package in {} {}",
@@ -265,10 +255,12 @@ fn download(root: &Path, series: &Series) -> Result<(String, PathBuf)> {
     let debs = root.join("debs");
     fs::create_dir_all(&debs)?;
     eprintln!("xtask: vm {}: apt-get download {package}", series.name);
-    run(Command::new("apt-get")
-        .args(&opts)
-        .args(["-qq", "download", &package])
-        .current_dir(&debs))
+    crate::output(
+        Command::new("apt-get")
+            .args(&opts)
+            .args(["-qq", "download", &package])
+            .current_dir(&debs),
+    )
     .with_context(|| format!("apt-get download {package}"))?;
     // apt names it <package>_<version with ':' escaped>_amd64.deb; take the newest.
     let mut found: Vec<PathBuf> = fs::read_dir(&debs)?
@@ -312,9 +304,11 @@ fn newest_image<'a>(series: &str, names: impl Iterator<Item = &'a str>) -> Optio
 }
 
 fn deb_field(deb: &Path, field: &str) -> Result<String> {
-    Ok(run(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field))?
-        .trim()
-        .to_string())
+    Ok(
+        crate::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field))?
+            .trim()
+            .to_string(),
+    )
 }
 
 /// Unpacks the boot files of `deb` into `dir` (replacing what was there).
@@ -324,7 +318,7 @@ fn unpack(series: &Series, package: &str, deb: &Path, dir: &Path) -> Result<()> 
     let tmp = parent.join(format!(".unpack-{}-{}", series.name, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     eprintln!("xtask: vm {}: unpacking {}", series.name, deb.display());
-    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    crate::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
     let boot = tmp.join("boot");
     let find = |prefix: &str| -> Result<PathBuf> {
         fs::read_dir(&boot)
