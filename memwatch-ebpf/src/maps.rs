@@ -79,11 +79,7 @@ fn pending_key(what: u32) -> u64 {
 /// Records that the current thread entered `what`.
 #[inline(always)]
 pub fn begin(what: u32, aux: u64) {
-    let p = Pending {
-        start_ns: now(),
-        aux,
-    };
-    let _ = PENDING.insert(pending_key(what), p, 0);
+    stash(what, now(), aux);
 }
 
 /// Records two values for the current thread's `what` (taken back with `take`).
@@ -357,6 +353,12 @@ crate::offsets! {
     FOLIO_ORDER_OFFSET = 64;
 }
 
+/// Whether the folio layout came from BTF (else every folio counts as one page).
+#[inline(always)]
+pub fn folio_layout_known() -> bool {
+    FOLIO_ORDER_KNOWN.load() != 0
+}
+
 /// `folio->flags` (the first word of a folio or page).
 #[inline(always)]
 pub fn flags_of(folio: u64) -> u64 {
@@ -367,7 +369,7 @@ pub fn flags_of(folio: u64) -> u64 {
 /// Pages in a folio (1 when the layout is unknown).
 #[inline(always)]
 pub fn folio_pages(folio: u64, flags: u64) -> u64 {
-    if FOLIO_ORDER_KNOWN.load() == 0 || flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
+    if !folio_layout_known() || flags & (1u64 << (FOLIO_HEAD_BIT.load() & 63)) == 0 {
         return 1;
     }
     let at = folio + FOLIO_ORDER_OFFSET.load() as u64;

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use memwatch_common::{global, node};
 
-use crate::maps::{add, field, flags_of, folio_pages, node_add, GLOBALS};
+use crate::maps::{add, field, flags_of, folio_layout_known, folio_pages, node_add, GLOBALS};
 
 // Bits of `enum pageflags` (from kernel BTF), for the raw insertion program.
 crate::offsets! {
@@ -47,6 +47,9 @@ crate::offsets! {
 /// Pages in the folio a tracepoint record points to (1 when unreadable).
 #[inline(always)]
 fn record_folio_pages(ctx: &TracePointContext, off: &Global<u32>) -> u64 {
+    if !folio_layout_known() {
+        return 1;
+    }
     let Ok(folio) = field::<u64>(ctx, off) else {
         return 1;
     };
