@@ -14,7 +14,7 @@
 //! - `ext4:ext4_writepages_result`, on the tracepoint rung: what ext4 wrote back outside
 //!   `__writeback_single_inode` (bracketed by `writeback_single_inode_start` and
 //!   `writeback_single_inode`), i.e. for fsync() and the like, which no writeback
-//!   tracepoint sees; idle when `do_writepages` is hooked;
+//!   tracepoint sees; idle inside a hooked `do_writepages`, which counts those pages;
 //! - `balance_dirty_pages`: a task paused by dirty throttling.
 
 use aya_ebpf::{
@@ -53,12 +53,6 @@ static NS_PER_JIFFY: Global<u64> = Global::new(4_000_000);
 /// unknown, and `do_writepages` counts nothing).
 #[unsafe(no_mangle)]
 static WBC_NR_TO_WRITE_OFFSET: Global<u32> = Global::new(u32::MAX);
-
-/// Set by the agent when `do_writepages` is hooked (it then counts every page written
-/// back, and the ext4 tracepoint program stands down).
-#[map]
-pub static WRITEPAGES_HOOKED: aya_ebpf::maps::Array<u32> =
-    aya_ebpf::maps::Array::with_max_entries(1, 0);
 
 /// Pages dirtied and written per backing device.
 #[map]
@@ -214,8 +208,8 @@ pub fn wb_single_inode_end(_ctx: TracePointContext) -> u32 {
 /// own tracepoint counts the rest), as the calling task's writeback.
 #[tracepoint]
 pub fn wb_ext4_written(ctx: TracePointContext) -> u32 {
-    if WRITEPAGES_HOOKED.get(0).is_some_and(|f| *f != 0) || pending(PENDING_SINGLE_INODE).is_some()
-    {
+    // Inside a do_writepages that is hooked, that program counts these pages.
+    if pending(PENDING_WRITEPAGES).is_some() || pending(PENDING_SINGLE_INODE).is_some() {
         return 0;
     }
     if let Ok(n) = field::<i32>(&ctx, &OFF_EXT4_PAGES_WRITTEN) {

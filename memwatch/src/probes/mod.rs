@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::{config::Config, tracefs::Tracefs};
-pub use loader::HookOutcome;
+pub use loader::{attach_all, HookOutcome};
 
 /// The eBPF object built from `memwatch-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memwatch"));
@@ -152,31 +152,6 @@ pub fn kernel_hz() -> u64 {
     }
     log::warn!("cannot tell the kernel's HZ; assuming 250 for dirty-throttle pause times");
     250
-}
-
-/// Walks the ladder for every hook (`loader::attach_all`), then tells the programs
-/// what attached where it changes what they count: the ext4 writeback fallback stands
-/// down where `do_writepages` is hooked.
-pub fn attach_all(
-    ebpf: &mut Ebpf,
-    support: &KernelSupport,
-    probes: &crate::config::Probes,
-    explore: bool,
-) -> Vec<HookOutcome> {
-    let outcomes = loader::attach_all(ebpf, support, probes, explore);
-    let writepages = outcomes.iter().any(|o| {
-        o.hook.name == "writeback_written"
-            && matches!(o.chosen, Some(table::Mode::Fentry | table::Mode::Kprobe))
-    });
-    let set = ebpf
-        .map_mut("WRITEPAGES_HOOKED")
-        .ok_or_else(|| anyhow::anyhow!("map missing from the eBPF object"))
-        .and_then(|m| Ok(aya::maps::Array::<_, u32>::try_from(m)?))
-        .and_then(|mut a| Ok(a.set(0, u32::from(writepages), 0)?));
-    if let Err(e) = set {
-        log::warn!("WRITEPAGES_HOOKED: {e:#}; ext4 writeback may be counted twice");
-    }
-    outcomes
 }
 
 /// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
