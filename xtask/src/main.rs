@@ -2,6 +2,7 @@
 
 mod bench;
 mod install;
+mod load;
 mod setup;
 mod vm;
 
@@ -33,7 +34,7 @@ enum Task {
     },
     /// Set up, then check formatting and lints, run every test on this host, then the
     /// integration tests on Debian kernels in QEMU (`vm-test --kernel all`).
-    Test,
+    Test(TestArgs),
     /// Build memwatch (release) and install the binary (PREFIX/bin), the systemd unit
     /// (/etc/systemd/system) and a commented default config (/etc/memwatch/memwatch.toml,
     /// kept if it exists); --root installs below a staging directory.
@@ -52,6 +53,24 @@ enum Task {
         #[command(subcommand)]
         which: BenchKind,
     },
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Run everything beside a CPU and memory hog (Debian's stress-ng, started after
+    /// setup, stopped at the end, also when the run fails or is interrupted).
+    #[arg(long)]
+    under_load: bool,
+    /// The hog's stress-ng arguments, split on whitespace, instead of the default
+    /// (a `--timeout` here wins over the one that keeps it running until stopped).
+    #[arg(
+        long,
+        requires = "under_load",
+        allow_hyphen_values = true,
+        value_name = "ARGS",
+        default_value = load::DEFAULT_ARGS
+    )]
+    load_args: String,
 }
 
 #[derive(Subcommand)]
@@ -106,38 +125,7 @@ fn real_main() -> Result<()> {
                 BenchKind::Scrape { scrapes, no_write } => bench::scrape(scrapes, !no_write),
             }
         }
-        Task::Test => {
-            setup::run()?;
-            cargo(&["fmt", "--all", "--check"])?;
-            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-            ebpf_clippy()?;
-            // One test binary at a time, one test thread each: the root tests load
-            // probes and run workloads whose counts must not mix.
-            let host = test_summary(&["test", "--no-fail-fast", "--", "--test-threads=1"]);
-            // The VM matrix runs even when a host test failed, so one run shows both.
-            let vm = vm::test(&vm::TestArgs {
-                kernel: "all".into(),
-                rung: Vec::new(),
-                refresh: false,
-                accel: vm::Accel::Tcg,
-                quiet: false,
-                append: String::new(),
-                only: Vec::new(),
-            });
-            let (host, vm) = (host?, vm?);
-            println!("host: {}", host.counts);
-            println!("vm: {vm}");
-            let total = vm::Counts {
-                passed: host.counts.passed + vm.passed,
-                failed: host.counts.failed + vm.failed,
-                skipped: host.counts.skipped + vm.skipped,
-            };
-            println!("{total}");
-            if !host.success || vm.failed > 0 {
-                bail!("tests failed");
-            }
-            Ok(())
-        }
+        Task::Test(args) => test(&args),
         Task::Install(args) => install::install(args),
         Task::Dist(args) => install::dist(args),
         Task::VmTest(args) => {
@@ -153,6 +141,79 @@ fn real_main() -> Result<()> {
             setup::run()?;
             vm::fixtures(&args)
         }
+    }
+}
+
+/// `cargo xtask test`: setup, formatting, lints, the host's tests and the VM matrix;
+/// with `--under-load`, all of it beside stress-ng. Ends with the wall time and, as
+/// the last line, the total counts.
+fn test(args: &TestArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let r = test_run(args, started);
+    if r.is_err() {
+        eprintln!(
+            "xtask: test: wall time {} (ended early)",
+            format_duration(started.elapsed())
+        );
+    }
+    r
+}
+
+fn test_run(args: &TestArgs, started: std::time::Instant) -> Result<()> {
+    setup::run()?;
+    // Started after setup (which installs stress-ng); the guard stops it on every way
+    // out of this function, and a signal handler while it lives.
+    let load = if args.under_load {
+        Some(load::Load::start(&args.load_args)?)
+    } else {
+        None
+    };
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    ebpf_clippy()?;
+    // One test binary at a time, one test thread each: the root tests load
+    // probes and run workloads whose counts must not mix.
+    let host = test_summary(&["test", "--no-fail-fast", "--", "--test-threads=1"]);
+    // The VM matrix runs even when a host test failed, so one run shows both.
+    let vm = vm::test(&vm::TestArgs {
+        kernel: "all".into(),
+        rung: Vec::new(),
+        refresh: false,
+        accel: vm::Accel::Tcg,
+        quiet: false,
+        append: String::new(),
+        only: Vec::new(),
+    });
+    // Stopped (and said so) before the summary, so the counts stay the last line.
+    let under = load.as_ref().map(|l| l.command.clone());
+    drop(load);
+    let (host, vm) = (host?, vm?);
+    println!("host: {}", host.counts);
+    println!("vm: {vm}");
+    let wall = format_duration(started.elapsed());
+    match under {
+        Some(cmd) => println!("wall time: {wall} (under load: {cmd})"),
+        None => println!("wall time: {wall}"),
+    }
+    let total = vm::Counts {
+        passed: host.counts.passed + vm.passed,
+        failed: host.counts.failed + vm.failed,
+        skipped: host.counts.skipped + vm.skipped,
+    };
+    println!("{total}");
+    if !host.success || vm.failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// A duration as `15m20s`, or `42s` under a minute (whole seconds).
+pub fn format_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64().round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
     }
 }
 
@@ -279,4 +340,42 @@ fn ebpf_clippy() -> Result<()> {
         bail!("clippy on memwatch-ebpf failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_readme() {
+        use std::time::Duration;
+        assert_eq!(format_duration(Duration::from_millis(41_600)), "42s");
+        assert_eq!(format_duration(Duration::from_secs(59)), "59s");
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m00s");
+        assert_eq!(format_duration(Duration::from_secs(920)), "15m20s");
+        assert_eq!(format_duration(Duration::from_secs(3725)), "62m05s");
+    }
+
+    #[test]
+    fn test_flags() {
+        let cli = Cli::try_parse_from(["xtask", "test"]).unwrap();
+        let Task::Test(a) = cli.command else { panic!() };
+        assert!(!a.under_load);
+        let cli = Cli::try_parse_from(["xtask", "test", "--under-load"]).unwrap();
+        let Task::Test(a) = cli.command else { panic!() };
+        assert!(a.under_load);
+        assert_eq!(a.load_args, load::DEFAULT_ARGS);
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "test",
+            "--under-load",
+            "--load-args",
+            "--cpu 1 --vm 2 --vm-bytes 512M",
+        ])
+        .unwrap();
+        let Task::Test(a) = cli.command else { panic!() };
+        assert_eq!(a.load_args, "--cpu 1 --vm 2 --vm-bytes 512M");
+        // Load arguments without the load are a mistake, not ignored.
+        assert!(Cli::try_parse_from(["xtask", "test", "--load-args", "--cpu 1"]).is_err());
+    }
 }

@@ -33,6 +33,8 @@ const PACKAGES: &[&str] = &[
     "prometheus-node-exporter",
     // `cargo xtask bench overhead`: the same-machine reference (a bare bpftrace count).
     "bpftrace",
+    // `cargo xtask test --under-load`: the CPU and memory hog run beside the whole run.
+    "stress-ng",
     // `systemd-analyze verify` of deploy/memwatch.service. Harmless where systemd is not
     // PID 1: its scripts start nothing there, and nothing here boots with it.
     "systemd",
