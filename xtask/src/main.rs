@@ -42,8 +42,9 @@ enum Task {
     /// Build a Debian package (target/dist/memwatch_VERSION_ARCH.deb) with the same
     /// files: /usr/bin/memwatch, /lib/systemd/system/memwatch.service, the config.
     Dist(install::DistArgs),
-    /// Run the integration tests on Debian kernels (5.10, 6.1, 6.12) in QEMU, once per
-    /// probe rung (fentry, kprobe, tracepoint).
+    /// Run the integration tests on Debian kernels (5.10, 6.1, 6.12) in QEMU: on each
+    /// probe rung (fentry, kprobe, tracepoint) those whose results depend on it, the
+    /// others once per kernel, on its best rung.
     VmTest(vm::TestArgs),
     /// Boot the Debian kernels and capture /proc and tracefs fixture files from them
     /// into memwatch/tests/fixtures.

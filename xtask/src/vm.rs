@@ -1,16 +1,19 @@
 //! `cargo xtask vm-test` and `cargo xtask vm-fixtures`: the integration suite on Debian
-//! kernels in QEMU, once per probe rung, and fixture files captured from those kernels.
+//! kernels in QEMU, on each probe rung, and fixture files captured from those kernels.
 //!
 //! One initramfs (busybox, /init, memwatch, the integration-test binaries, bpftool and
 //! their libraries, and each kernel's disk and ext4 modules) boots every kernel; the
-//! kernel command line tells /init which rungs to run. A fresh ext4 image on a virtio
-//! disk holds the tests' temporary files, so writeback and page-cache reclaim are real. /init marks each test-binary run on the console with `@@mw begin/end` lines,
-//! which this module reads as the console streams, turning libtest's output into one
-//! line per kernel, rung and test.
+//! kernel command line tells /init which binaries to run on which rung (matrix.rs: on
+//! every rung those whose results depend on it, once per kernel the others). A fresh
+//! ext4 image on a virtio disk holds the tests' temporary files, so writeback and
+//! page-cache reclaim are real. /init marks each test-binary run on the console with
+//! `@@mw begin/end` lines, which this module reads as the console streams, turning
+//! libtest's output into one line per kernel, rung and test.
 
 mod cpio;
 mod initramfs;
 mod kernel;
+mod matrix;
 mod modules;
 
 use std::{
@@ -51,7 +54,9 @@ pub struct TestArgs {
     /// Kernel series to boot: 5.10, 6.1, 6.12 or all.
     #[arg(long, default_value = "all")]
     pub kernel: String,
-    /// Only these rungs (default: fentry, kprobe and tracepoint).
+    /// Run every selected test binary on each of these rungs (default: fentry, kprobe
+    /// and tracepoint for the binaries whose results depend on the rung, the kernel's
+    /// best rung only for the others).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(RUNGS))]
     pub rung: Vec<String>,
     /// Look for newer kernel packages even when some are cached.
@@ -327,6 +332,11 @@ const FIXTURE_MACHINE: &[&str] = &[
     "node,nodeid=1,cpus=1,memdev=m1",
 ];
 
+/// What `qemu` puts before the caller's kernel arguments.
+const CMDLINE_PREFIX: &str = "console=ttyS0 quiet panic=-1 ";
+/// x86's COMMAND_LINE_SIZE, the terminating NUL included.
+const CMDLINE_MAX: usize = 2048;
+
 /// The QEMU command line for one boot.
 fn qemu(
     k: &Kernel,
@@ -348,7 +358,7 @@ fn qemu(
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 quiet panic=-1 {append}"))
+        .arg(format!("{CMDLINE_PREFIX}{append}"))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -704,26 +714,43 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
         counts: Counts::default(),
     };
     let mut timings = Vec::new();
+    // `--rung` named: every binary on each named rung. Otherwise matrix::BINARIES says
+    // which binaries run on every rung and which once per kernel.
+    let explicit = !args.rung.is_empty();
+    let bin_names: Vec<&str> = binaries.iter().map(|b| b.name.as_str()).collect();
+    let wanted = matrix::plan(&rungs, &bin_names, explicit);
     for k in &kernels {
-        let mut run_rungs = Vec::new();
+        let mut supported = Vec::new();
+        let mut unsupported = Vec::new();
         for &r in &rungs {
             match rung_unsupported(k, r)? {
-                Some(why) => {
-                    for b in &binaries {
-                        for t in &b.tests {
-                            rep.skip(&format!("{} {r} {}::{t}", k.series, b.name), &why);
-                        }
-                    }
-                }
-                None => run_rungs.push(r),
+                Some(why) => unsupported.push((r, why)),
+                None => supported.push(r),
             }
         }
-        if run_rungs.is_empty() {
+        let plan = matrix::plan(&supported, &bin_names, explicit);
+        for (r, why) in &unsupported {
+            for name in matrix::lost_on(r, &wanted, &plan, explicit) {
+                let b = binaries.iter().find(|b| b.name == name).expect("planned");
+                for t in &b.tests {
+                    rep.skip(&format!("{} {r} {}::{t}", k.series, b.name), why);
+                }
+            }
+        }
+        if plan.is_empty() {
             continue;
         }
-        let deadline = Duration::from_secs(
-            120 + BINARY_TIMEOUT_SECS * (run_rungs.len() * binaries.len()) as u64,
+        eprintln!(
+            "xtask: vm {}: {}",
+            k.series,
+            plan.iter()
+                .map(|(r, b)| format!("{r}: {}", b.join(" ")))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
+        // Each binary run may take its full timeout inside the guest; boot and
+        // power-off get the 120 s.
+        let deadline = Duration::from_secs(120 + BINARY_TIMEOUT_SECS * matrix::runs(&plan) as u64);
         // A guest kernel that gets stuck (soft lockup, RCU stall: seen once on 5.10
         // under TCG) is booted once more; the retry is announced, and a second stuck
         // boot fails that kernel's tests.
@@ -734,10 +761,17 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
             let disk = work_dir()?.join(format!("scratch-{}.img", k.series));
             let disk_args = scratch_disk(&disk)?;
             let append = format!(
-                "memwatch.rungs={} memwatch.timeout={BINARY_TIMEOUT_SECS} memwatch.disk=vda {}",
-                run_rungs.join(","),
+                "{} memwatch.timeout={BINARY_TIMEOUT_SECS} memwatch.disk=vda {}",
+                matrix::cmdline(&plan),
                 args.append
             );
+            if append.len() + CMDLINE_PREFIX.len() >= CMDLINE_MAX {
+                bail!(
+                    "vm {}: a kernel command line of {} bytes; x86 takes {CMDLINE_MAX}",
+                    k.series,
+                    append.len() + CMDLINE_PREFIX.len()
+                );
+            }
             let log_path = work_dir()?.join(format!("console-{}.log", k.series));
             let mut log = std::io::BufWriter::new(
                 std::fs::File::create(&log_path)
@@ -783,8 +817,8 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
                     log_path.display()
                 );
                 // Whatever did not finish fails, with the reason.
-                for r in &run_rungs {
-                    for bin in &binaries {
+                for (r, names) in &plan {
+                    for bin in binaries.iter().filter(|b| names.contains(&b.name)) {
                         if finished.contains(&(r.to_string(), bin.name.clone())) {
                             continue;
                         }
@@ -798,8 +832,9 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
                 }
             }
             eprintln!(
-                "xtask: vm {series}: {} rung(s) in {:.0}s",
-                run_rungs.len(),
+                "xtask: vm {series}: {} binary run(s) on {} rung(s) in {:.0}s",
+                matrix::runs(&plan),
+                plan.len(),
                 b.elapsed.as_secs_f64()
             );
             timings.push(format!("{series} {:.0}s", b.elapsed.as_secs_f64()));

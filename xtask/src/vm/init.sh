@@ -1,8 +1,8 @@
 #!/bin/busybox sh
 # /init of the memwatch VM initramfs (written by xtask/src/vm/initramfs.rs).
-# Mounts what memwatch and its tests need, runs every test binary in /tests once per
-# probe rung named on the kernel command line, optionally sends fixture files to the
-# host over the second serial port, then powers off. Lines starting with "@@mw " are
+# Mounts what memwatch and its tests need, runs the test binaries in /tests on the probe
+# rungs the kernel command line names for each (memwatch.plan=), optionally sends
+# fixture files to the host over the second serial port, then powers off. Lines starting with "@@mw " are
 # read by the harness; everything else is shown as console output.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -33,14 +33,14 @@ if mount -t tmpfs cgroup /sys/fs/cgroup; then
 fi
 ip link set lo up || ifconfig lo 127.0.0.1 up
 
-RUNGS=
+PLAN=
 TESTS=1
 FIXTURES=0
 TIMEOUT=600
 DISK=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
-        memwatch.rungs=*) RUNGS=$(echo "${arg#*=}" | tr , ' ') ;;
+        memwatch.plan=*) PLAN=$(echo "${arg#*=}" | tr , ' ') ;;
         memwatch.tests=*) TESTS=${arg#*=} ;;
         memwatch.fixtures=*) FIXTURES=${arg#*=} ;;
         memwatch.timeout=*) TIMEOUT=${arg#*=} ;;
@@ -102,14 +102,22 @@ if [ "$FIXTURES" = 1 ]; then
     echo "@@mw fixtures sent"
 fi
 
+# The plan: "rung:binary+binary,rung:binary", rungs in the order to run them.
 if [ "$TESTS" = 1 ]; then
-    for rung in $RUNGS; do
-        for t in /tests/*; do
-            name=${t##*/}
+    for step in $PLAN; do
+        rung=${step%%:*}
+        for name in $(echo "${step#*:}" | tr + ' '); do
+            t=/tests/$name
             echo "@@mw begin $rung $name"
-            MEMWATCH_TEST_PROBE_MODE=$rung MEMWATCH_BIN=/bin/memwatch RUST_BACKTRACE=1 \
-                timeout "$TIMEOUT" "$t" --test-threads=1 --show-output 2>&1
-            echo "@@mw end $rung $name $?"
+            if [ -x "$t" ]; then
+                MEMWATCH_TEST_PROBE_MODE=$rung MEMWATCH_BIN=/bin/memwatch RUST_BACKTRACE=1 \
+                    timeout "$TIMEOUT" "$t" --test-threads=1 --show-output 2>&1
+                rc=$?
+            else
+                echo "@@mw warn: no $t in the initramfs"
+                rc=127
+            fi
+            echo "@@mw end $rung $name $rc"
         done
     done
 fi
