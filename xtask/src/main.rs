@@ -150,17 +150,22 @@ fn real_main() -> Result<()> {
 /// the last line, the total counts.
 fn test(args: &TestArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let r = test_run(args, started);
-    if r.is_err() {
-        eprintln!(
-            "xtask: test: wall time {} (ended early)",
-            format_duration(started.elapsed())
-        );
+    match test_run(args, started) {
+        Ok(true) => Ok(()),
+        // The summary, wall time included, is out.
+        Ok(false) => bail!("tests failed"),
+        Err(e) => {
+            eprintln!(
+                "xtask: test: wall time {} (ended early)",
+                format_duration(started.elapsed())
+            );
+            Err(e)
+        }
     }
-    r
 }
 
-fn test_run(args: &TestArgs, started: std::time::Instant) -> Result<()> {
+/// Everything `test` does; true when every test passed.
+fn test_run(args: &TestArgs, started: std::time::Instant) -> Result<bool> {
     setup::run()?;
     // Started after setup (which installs stress-ng); the guard stops it on every way
     // out of this function, and a signal handler while it lives.
@@ -202,10 +207,7 @@ fn test_run(args: &TestArgs, started: std::time::Instant) -> Result<()> {
         skipped: host.counts.skipped + vm.skipped,
     };
     println!("{total}");
-    if !host.success || vm.failed > 0 {
-        bail!("tests failed");
-    }
-    Ok(())
+    Ok(host.success && vm.failed == 0)
 }
 
 /// A duration as `15m20s`, or `42s` under a minute (whole seconds).
