@@ -266,6 +266,10 @@ pub struct ProcRow {
 /// (`PROC_CACHE`): the common case costs no table lookup and no atomic. The programs
 /// move it into `PROCS` when another process counts on the CPU (and when the process
 /// exits); the agent adds the caches to the rows it reads.
+///
+/// A move changes `seq` twice, before and after (odd while it is under way), so the
+/// agent can tell whether counts moved from a CPU's cache into `PROCS` while it read
+/// the table, and read those processes again instead of missing what moved.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcCache {
@@ -274,6 +278,8 @@ pub struct ProcCache {
     pub live: u32,
     /// `comm` of the thread that started this cache.
     pub comm: [u8; COMM_LEN],
+    /// Moves into `PROCS` begun and ended on this CPU (odd: one under way).
+    pub seq: u64,
     /// As `ProcRow::counts`, not yet in `PROCS`.
     pub counts: [u64; proc::COUNTERS],
     /// This CPU's share of the global value of each `proc::*` counter (never moved;
@@ -337,7 +343,7 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::ProcRow {}
-    // SAFETY: as above (u32, u32, then 8-aligned arrays).
+    // SAFETY: as above (u32, u32, a 16-byte array, then 8-aligned u64s).
     unsafe impl aya::Pod for super::ProcCache {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HistKey {}

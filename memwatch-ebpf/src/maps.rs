@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use memwatch_common::{global, hist, node, proc, stat, HistKey, ProcCache, ProcRow, COMM_LEN};
 
@@ -25,6 +25,12 @@ pub static PROCS: LruHashMap<u32, ProcRow> = LruHashMap::with_max_entries(10240,
 /// Per CPU, the counts of the process that last counted there, not yet in `PROCS`.
 #[map]
 pub static PROC_CACHE: PerCpuArray<ProcCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Non-zero while the agent reads `PROCS` and the caches. No cache is moved into
+/// `PROCS` meanwhile (the read would miss what moved): a process that counts on a CPU
+/// whose cache holds another one counts into its own row instead.
+#[map]
+pub static READING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Global log2 histograms: `hist * BUCKETS + bucket`.
 #[map]
@@ -199,11 +205,16 @@ fn flush(c: *mut ProcCache) {
         if (*c).live == 0 {
             return;
         }
+        // Odd while counts move: the agent reads the processes cached here again
+        // (`ProcTable::read` in the agent). Plain stores: only this CPU writes them,
+        // and x86 keeps stores in order (the row's atomic adds are full barriers).
+        (*c).seq += 1;
         (*c).live = 0;
         let Some(row) = proc_row((*c).tgid, &(*c).comm) else {
             // Table full and no row could be made: the counts stay in the globals and
             // the insert error is counted.
             (*c).counts = [0; proc::COUNTERS];
+            (*c).seq += 1;
             return;
         };
         let mut i = 0;
@@ -222,50 +233,93 @@ fn flush(c: *mut ProcCache) {
             }
             i += 1;
         }
+        (*c).seq += 1;
     }
 }
 
-/// This CPU's cache, switched to the current process (the previous one's counts moved
-/// into `PROCS` first).
+/// Whether the agent is reading the process table (`READING`).
 #[inline(always)]
-fn cache() -> Option<*mut ProcCache> {
+fn agent_reading() -> bool {
+    READING.get(0).is_some_and(|r| *r != 0)
+}
+
+/// Where the current process's counts go.
+enum Sink {
+    /// This CPU's cache, which holds the current process.
+    Cache(*mut ProcCache),
+    /// Its row in `PROCS` (atomic adds), while the agent reads and this CPU's cache
+    /// holds another process; the global totals still go to the cache.
+    Row(*mut ProcCache, *mut ProcRow),
+    /// Only the global totals (no row could be made; the insert error is counted).
+    Totals(*mut ProcCache),
+}
+
+/// The current process's sink: this CPU's cache, switched to it (the previous
+/// process's counts moved into `PROCS` first), unless the agent is reading the table
+/// and the cache holds counts of another process.
+#[inline(always)]
+fn sink() -> Option<Sink> {
     let c = PROC_CACHE.get_ptr_mut(0)?;
     let tgid = tgid();
     // SAFETY: as in `flush`.
     unsafe {
-        if (*c).tgid != tgid || (*c).live == 0 {
-            flush(c);
-            (*c).tgid = tgid;
-            (*c).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        if (*c).tgid == tgid && (*c).live != 0 {
+            return Some(Sink::Cache(c));
         }
+        if (*c).live != 0 && agent_reading() {
+            let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            return Some(match proc_row(tgid, &comm) {
+                Some(row) => Sink::Row(c, row),
+                None => Sink::Totals(c),
+            });
+        }
+        flush(c);
+        (*c).tgid = tgid;
+        (*c).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         (*c).live = 1;
     }
-    Some(c)
+    Some(Sink::Cache(c))
+}
+
+/// Adds `n` to counter `idx` (checked by the callers) of a sink and to its total.
+#[inline(always)]
+fn add_to(sink: &Sink, idx: usize, n: u64) {
+    // SAFETY: as in `flush`; the row is a live map value; `idx < proc::COUNTERS`.
+    unsafe {
+        match *sink {
+            Sink::Cache(c) => {
+                (*c).totals[idx] += n;
+                (*c).counts[idx] += n;
+            }
+            Sink::Row(c, row) => {
+                (*c).totals[idx] += n;
+                atomic_add(&raw mut (*row).counts[idx], n);
+            }
+            Sink::Totals(c) => (*c).totals[idx] += n,
+        }
+    }
 }
 
 /// Moves this CPU's cached counts into `PROCS` if they are `tgid`'s (at its exit, so
-/// an exited process's row is complete when the agent ages it out).
+/// an exited process's row is complete when the agent ages it out). Not while the
+/// agent reads: the cache keeps them until another process counts here.
 #[inline(always)]
 pub fn flush_if(tgid: u32) {
     if let Some(c) = PROC_CACHE.get_ptr_mut(0) {
         // SAFETY: as in `flush`.
-        if unsafe { (*c).tgid } == tgid {
+        if unsafe { (*c).tgid } == tgid && !agent_reading() {
             flush(c);
         }
     }
 }
 
 /// Adds `n` to counter `idx` (a `proc::*` index) globally and for the current process:
-/// both in this CPU's cache, one map lookup.
+/// both in this CPU's cache, one map lookup (see `sink` for the exceptions).
 #[inline(always)]
 pub fn count(idx: usize, n: u64) {
     if idx < proc::COUNTERS {
-        if let Some(c) = cache() {
-            // SAFETY: as in `flush`; the index is bounds-checked.
-            unsafe {
-                (*c).totals[idx] += n;
-                (*c).counts[idx] += n;
-            }
+        if let Some(s) = sink() {
+            add_to(&s, idx, n);
         }
     }
 }
@@ -274,14 +328,9 @@ pub fn count(idx: usize, n: u64) {
 #[inline(always)]
 pub fn count2(a: usize, na: u64, b: usize, nb: u64) {
     if a < proc::COUNTERS && b < proc::COUNTERS {
-        if let Some(c) = cache() {
-            // SAFETY: as in `flush`; the indices are bounds-checked.
-            unsafe {
-                (*c).totals[a] += na;
-                (*c).totals[b] += nb;
-                (*c).counts[a] += na;
-                (*c).counts[b] += nb;
-            }
+        if let Some(s) = sink() {
+            add_to(&s, a, na);
+            add_to(&s, b, nb);
         }
     }
 }
@@ -290,12 +339,16 @@ pub fn count2(a: usize, na: u64, b: usize, nb: u64) {
 #[inline(always)]
 pub fn raise(idx: usize, v: u64) {
     if idx < proc::COUNTERS {
-        if let Some(c) = cache() {
-            // SAFETY: as in `flush`; the index is bounds-checked.
-            unsafe {
-                if (*c).counts[idx] < v {
-                    (*c).counts[idx] = v;
-                }
+        // SAFETY: as in `add_to`. A row's maximum is raised without an atomic, as in
+        // `flush`.
+        unsafe {
+            let p = match sink() {
+                Some(Sink::Cache(c)) => &raw mut (*c).counts[idx],
+                Some(Sink::Row(_, row)) => &raw mut (*row).counts[idx],
+                _ => return,
+            };
+            if *p < v {
+                *p = v;
             }
         }
     }

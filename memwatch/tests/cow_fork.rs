@@ -5,7 +5,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
 
 use common::{root_or_skip, workload::Ctl, workload::Workload, Agent, TempFile};
 
@@ -248,4 +251,204 @@ fn bpftool(args: &[&str]) -> String {
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ------------------------------------------------ a scrape sees everything before it
+
+/// Short-lived processes that each leave a row in the process table, so reading the
+/// table takes a while.
+const FILLERS: usize = 2000;
+/// Fresh pages a counter touches per mapping before it maps the next one.
+const CHUNK: usize = 4096;
+/// Scrapes taken while the counters run.
+const ROUNDS: usize = 50;
+/// Faults a counter may take besides its touches: its stack and the shared page after
+/// the fork (copy-on-write), code pages. A few dozen in practice.
+const OTHER_FAULTS: f64 = 256.0;
+
+/// A shared anonymous page: per counter the pages it touched (slots 0 and 1); slot 2
+/// non-zero tells both to stop. Mapped before the counters are forked.
+static SHARED: AtomicUsize = AtomicUsize::new(0);
+/// The slot of the counter forked next (read by the child right after the fork).
+static SLOT: AtomicUsize = AtomicUsize::new(0);
+/// The CPU both counters run on.
+static CPU: AtomicUsize = AtomicUsize::new(0);
+/// A page the fillers write to (a write-protect fault after the fork: each counts one
+/// event, so each gets a row).
+static mut FILLER_PAGE: [u8; 4096] = [0; 4096];
+
+fn shared(slot: usize) -> &'static AtomicU64 {
+    // SAFETY: SHARED is a page-sized MAP_SHARED mapping that lives as long as the test
+    // process (and is inherited by the counters); slots 0..3 are in it.
+    unsafe { &*(SHARED.load(Ordering::Relaxed) as *const AtomicU64).add(slot) }
+}
+
+/// Touch fresh pages, one fault each, counting each touch after its fault, on the same
+/// CPU as the other counter and taking turns with it a chunk at a time (so this CPU's
+/// cache holds up to a chunk of counts and moves them into the table at every turn),
+/// until told to stop.
+fn counter_body(ctl: &Ctl) -> i32 {
+    let slot = SLOT.load(Ordering::Relaxed);
+    // SAFETY: raw syscalls on memory this process maps itself.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::cpu_set_t>();
+        libc::CPU_SET(CPU.load(Ordering::Relaxed), &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return 40;
+        }
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let (done, stop) = (shared(slot), shared(2));
+        ctl.report(b'R');
+        while stop.load(Ordering::Relaxed) == 0 {
+            let Some(p) = map_fresh(CHUNK) else {
+                return 41;
+            };
+            for i in 0..CHUNK {
+                std::ptr::write_volatile(p.add(i * page), 1);
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            libc::munmap(p.cast(), CHUNK * page);
+            // Let the other counter run: its next fault moves this chunk's counts.
+            libc::sched_yield();
+        }
+        0
+    }
+}
+
+/// `pages` private anonymous pages, not yet touched, 4 KiB pages only (one fault per
+/// page touched).
+fn map_fresh(pages: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping of our own.
+    unsafe {
+        let len = pages * libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
+        Some(p.cast())
+    }
+}
+
+/// The first CPU this process may run on.
+fn first_cpu() -> usize {
+    // SAFETY: sched_getaffinity into a zeroed set of our own.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::cpu_set_t>();
+        libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .unwrap_or(0)
+    }
+}
+
+/// Two processes take page faults without pause on one CPU, so the counts that CPU
+/// caches for one of them move into the process table whenever the other runs, while
+/// the table (made large by FILLERS rows) is read. Every scrape must still include
+/// every fault a process took before the scrape began (each counter counts its
+/// touches after their faults, so it knows a lower bound), and no more than it took
+/// by the scrape's end (plus its few other faults).
+#[test]
+fn a_scrape_includes_every_fault_before_it() {
+    if !root_or_skip("a_scrape_includes_every_fault_before_it") {
+        return;
+    }
+    let cfg = TempFile::new("moves.toml", "[tables]\nprocess_top_n = 10\n");
+    let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
+    // SAFETY: a shared anonymous page of our own, never unmapped (the counters hold it).
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    SHARED.store(page as usize, Ordering::Relaxed);
+    CPU.store(first_cpu(), Ordering::Relaxed);
+
+    for _ in 0..FILLERS {
+        // SAFETY: the child writes one byte of a static and leaves with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                std::ptr::write_volatile(&raw mut FILLER_PAGE[7], 1);
+                libc::_exit(0);
+            }
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    // The fillers' rows reach the table as their counts move there (at exit, or when
+    // the next process counts on that CPU).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let m = agent.scrape();
+        let rows = m.get("memwatch_table_entries", &[("table", "procs")]);
+        if rows.unwrap_or(0.0) >= FILLERS as f64 {
+            println!("{rows:?} rows in the process table");
+            break;
+        }
+        assert!(Instant::now() < deadline, "table rows: {rows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    SLOT.store(0, Ordering::Relaxed);
+    let a = Workload::spawn(counter_body);
+    SLOT.store(1, Ordering::Relaxed);
+    let b = Workload::spawn(counter_body);
+    a.expect(b'R');
+    b.expect(b'R');
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        let before = [
+            shared(0).load(Ordering::SeqCst),
+            shared(1).load(Ordering::SeqCst),
+        ];
+        let m = agent.scrape();
+        let after = [
+            shared(0).load(Ordering::SeqCst),
+            shared(1).load(Ordering::SeqCst),
+        ];
+        for (i, w) in [&a, &b].into_iter().enumerate() {
+            let got = m.sum(
+                "memwatch_process_page_faults_total",
+                &[("pid", &w.pid.to_string())],
+            );
+            let (lo, hi) = (before[i] as f64, after[i] as f64 + OTHER_FAULTS);
+            println!(
+                "round {round}, counter {i}: {got} faults, touched {lo}..{}",
+                after[i]
+            );
+            if !(lo..=hi).contains(&got) {
+                failures.push(format!(
+                    "round {round}: counter {i} (pid {}): {got} faults shown, {lo} touched \
+                     before the scrape began, {} by its end",
+                    w.pid, after[i]
+                ));
+            }
+        }
+    }
+    shared(2).store(1, Ordering::SeqCst);
+    let m = agent.scrape();
+    println!(
+        "inconsistent reads: {:?}",
+        m.get("memwatch_table_inconsistent_reads_total", &[])
+    );
+    for w in [a, b] {
+        w.wait_done();
+        w.finish();
+    }
+    assert!(agent.stop().success());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

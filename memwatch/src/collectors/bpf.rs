@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     Ebpf,
 };
 use memwatch_common::{fault, global, hist, node, proc, stat, DevKey, HistKey, ProcCache, ProcRow};
@@ -398,6 +398,8 @@ struct State {
     /// The counts last exported per process: the floor of the next ones (see
     /// `ProcTable::read`).
     last: StdHashMap<u32, Counts>,
+    /// `ProcTable::inconsistent`, as of the last read.
+    inconsistent: u64,
 }
 
 /// The per-process counters of one process.
@@ -407,6 +409,30 @@ type Counts = [u64; proc::COUNTERS];
 pub struct ProcTable {
     procs: HashMap<MapData, u32, ProcRow>,
     cache: PerCpuArray<MapData, ProcCache>,
+    /// `READING`: set while the table is read, so the programs move no cache.
+    reading: Array<MapData, u32>,
+    /// Reads after which some process's counts could not be read consistently (see
+    /// `ProcTable::read`).
+    inconsistent: u64,
+}
+
+/// How often a read of the processes whose cached counts moved during a read is
+/// tried again before it gives up (each try takes a few syscalls; a move needs another
+/// process to count on that CPU in between).
+const REREADS: usize = 8;
+
+/// The processes whose cached counts may have moved into `PROCS` between the cache
+/// reads `before` and `after` (`mid`: the one in between, whose counts are used): on
+/// every CPU whose move sequence changed or is odd (a move under way), the process
+/// it held at each of the three reads.
+fn moved(before: &[ProcCache], mid: &[ProcCache], after: &[ProcCache]) -> HashSet<u32> {
+    let mut out = HashSet::new();
+    for ((b, m), a) in before.iter().zip(mid).zip(after) {
+        if b.seq != a.seq || b.seq % 2 == 1 {
+            out.extend([b.tgid, m.tgid, a.tgid]);
+        }
+    }
+    out
 }
 
 impl ProcTable {
@@ -416,27 +442,97 @@ impl ProcTable {
         Ok(all.iter().copied().collect())
     }
 
-    /// Every process's counts, and the global value of each `proc::*` counter: the rows
-    /// of `PROCS`, then the caches (one read, all CPUs) added in. A cache moved into
-    /// `PROCS` between the two reads is missed for this read (the next one sees it);
-    /// `Bpf::read_rows` keeps the counts from going backwards. The totals are read
-    /// last, so the rows never exceed them.
-    fn read(&self) -> anyhow::Result<(Vec<Row>, Counts)> {
-        let mut rows = Vec::new();
-        for item in self.procs.iter() {
-            let (tgid, v) = item.context("reading PROCS")?;
-            rows.push(Row::from_kernel(tgid, &v));
-        }
-        let mut at: StdHashMap<u32, usize> =
-            rows.iter().enumerate().map(|(i, r)| (r.tgid, i)).collect();
-        let mut totals = [0; proc::COUNTERS];
-        for c in self.caches()? {
-            for (t, v) in totals.iter_mut().zip(c.totals) {
-                *t += v;
-            }
-            if c.live == 0 {
+    /// Runs `body` (reads of `PROCS`) between reads of the caches: its result, the
+    /// caches read right after it (consistent with it for every process not in the
+    /// returned set), and the processes whose cached counts may have moved into
+    /// `PROCS` while it ran (`moved`).
+    fn bracketed<T>(
+        &self,
+        body: impl FnOnce(&Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, Vec<ProcCache>, HashSet<u32>)> {
+        let before = self.caches()?;
+        let t = body(self)?;
+        let mid = self.caches()?;
+        let after = self.caches()?;
+        let moved = moved(&before, &mid, &after);
+        Ok((t, mid, moved))
+    }
+
+    /// The rows and caches of `tgids`, read again until no CPU moved counts of one of
+    /// them meanwhile: (tgid, comm, counts) for those with any, and the caches read;
+    /// None after `REREADS` tries.
+    #[allow(clippy::type_complexity)]
+    fn reread(
+        &self,
+        tgids: &HashSet<u32>,
+    ) -> anyhow::Result<Option<(Vec<(u32, String, Counts)>, Vec<ProcCache>)>> {
+        for _ in 0..REREADS {
+            let (rows, caches, moved) = self.bracketed(|t| {
+                Ok(tgids
+                    .iter()
+                    .map(|&tgid| (tgid, t.procs.get(&tgid, 0).ok()))
+                    .collect::<Vec<_>>())
+            })?;
+            if !moved.is_disjoint(tgids) {
                 continue;
             }
+            let mut out = Vec::with_capacity(rows.len());
+            for (tgid, row) in rows {
+                let mut comm = row.as_ref().map(|r| comm_str(&r.comm));
+                let mut counts = row.map(|r| r.counts);
+                for c in caches.iter().filter(|c| c.live != 0 && c.tgid == tgid) {
+                    comm.get_or_insert_with(|| comm_str(&c.comm));
+                    add_cache(counts.get_or_insert([0; proc::COUNTERS]), c);
+                }
+                if let (Some(comm), Some(counts)) = (comm, counts) {
+                    out.push((tgid, comm, counts));
+                }
+            }
+            return Ok(Some((out, caches)));
+        }
+        Ok(None)
+    }
+
+    /// Every process's counts, and the global value of each `proc::*` counter: the rows
+    /// of `PROCS` with the caches (one read, all CPUs) added in. Counts that moved from
+    /// a cache into `PROCS` while the table is read would be in neither read, so the
+    /// programs move none while `READING` is set; one that was under way when it was
+    /// set shows in the caches' move sequences (`ProcCache::seq`), and the processes
+    /// that CPU held are read again (`reread`). So a read includes every event counted
+    /// before it began. The totals come from the last cache read, so the rows never
+    /// exceed them.
+    fn read(&mut self) -> anyhow::Result<(Vec<Row>, Counts)> {
+        self.while_reading(Self::read_all)
+    }
+
+    /// Runs `f` with `READING` set: the programs move no cache into `PROCS` meanwhile
+    /// (a move already under way is seen by its sequence number).
+    fn while_reading<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if let Err(e) = self.reading.set(0, 1, 0) {
+            log::debug!("setting READING: {e}");
+        }
+        let r = f(self);
+        if let Err(e) = self.reading.set(0, 0, 0) {
+            log::warn!("clearing READING: {e} (every cache switch now costs a table update)");
+        }
+        r
+    }
+
+    fn read_all(&mut self) -> anyhow::Result<(Vec<Row>, Counts)> {
+        let (mut rows, mut caches, moved) = self.bracketed(|t| {
+            let mut rows = Vec::new();
+            for item in t.procs.iter() {
+                let (tgid, v) = item.context("reading PROCS")?;
+                rows.push(Row::from_kernel(tgid, &v));
+            }
+            Ok(rows)
+        })?;
+        let mut at: StdHashMap<u32, usize> =
+            rows.iter().enumerate().map(|(i, r)| (r.tgid, i)).collect();
+        for c in caches.iter().filter(|c| c.live != 0) {
             let i = *at.entry(c.tgid).or_insert_with(|| {
                 rows.push(Row::from_kernel(
                     c.tgid,
@@ -447,20 +543,46 @@ impl ProcTable {
                 ));
                 rows.len() - 1
             });
-            add_cache(&mut rows[i].counts, &c);
+            add_cache(&mut rows[i].counts, c);
+        }
+        if !moved.is_empty() {
+            match self.reread(&moved)? {
+                Some((fixed, later)) => {
+                    for (tgid, comm, counts) in fixed {
+                        match at.get(&tgid) {
+                            Some(&i) => rows[i].counts = counts,
+                            None => {
+                                at.insert(tgid, rows.len());
+                                rows.push(Row { tgid, comm, counts });
+                            }
+                        }
+                    }
+                    caches = later;
+                }
+                // The floor in `Bpf::read_rows` keeps them from going backwards; the
+                // next read sees what moved.
+                None => self.inconsistent += 1,
+            }
+        }
+        let mut totals = [0; proc::COUNTERS];
+        for c in &caches {
+            for (t, v) in totals.iter_mut().zip(c.totals) {
+                *t += v;
+            }
         }
         Ok((rows, totals))
     }
 
     /// One process's counts (its row and the caches), if it has any.
-    fn row(&self, tgid: u32) -> Option<Counts> {
-        let mut counts = self.procs.get(&tgid, 0).ok().map(|r| r.counts);
-        for c in self.caches().ok()? {
-            if c.live != 0 && c.tgid == tgid {
-                add_cache(counts.get_or_insert([0; proc::COUNTERS]), &c);
+    fn row(&mut self, tgid: u32) -> Option<Counts> {
+        let one = HashSet::from([tgid]);
+        match self.while_reading(|t| t.reread(&one)).ok()? {
+            Some((rows, _)) => rows.into_iter().next().map(|r| r.2),
+            None => {
+                self.inconsistent += 1;
+                None
             }
         }
-        counts
     }
 }
 
@@ -514,6 +636,8 @@ impl Bpf {
             procs: Arc::new(Mutex::new(ProcTable {
                 procs: HashMap::try_from(take("PROCS")?)?,
                 cache: PerCpuArray::try_from(take("PROC_CACHE")?)?,
+                reading: Array::try_from(take("READING")?)?,
+                inconsistent: 0,
             })),
             keyed: HashMap::try_from(take("KEYED_HISTS")?)?,
             devices: HashMap::try_from(take("DEVICES")?)?,
@@ -549,8 +673,9 @@ impl Bpf {
     fn read_rows(&self, state: &mut State) -> anyhow::Result<(Vec<Row>, Counts)> {
         let mut table = self.procs.lock().expect("procs lock");
         let (mut rows, totals) = table.read()?;
-        // Counters only grow: a count missed in flight (see `ProcTable::read`) shows as
-        // the previous value, never as a drop.
+        state.inconsistent = table.inconsistent;
+        // Counters only grow: should a read give up on a process (see
+        // `ProcTable::read`), it shows the previous value, never a drop.
         for row in &mut rows {
             let last = state.last.entry(row.tgid).or_insert([0; proc::COUNTERS]);
             for (a, b) in row.counts.iter_mut().zip(last.iter_mut()) {
@@ -999,6 +1124,14 @@ impl Bpf {
              pending table was full); their durations are not counted.",
         );
         f.sample(&[], stat(stat::MISSED_ENTRIES)? as f64);
+        f.push_to(out);
+        let mut f = Family::counter(
+            "memwatch_table_inconsistent_reads_total",
+            "Reads of an in-kernel table during which a process's cached counts kept \
+             moving into it, so that process showed its previous counts (the next read \
+             has them).",
+        );
+        f.sample(&[("table", "procs")], state.inconsistent as f64);
         f.push_to(out);
         Ok(())
     }
