@@ -273,6 +273,9 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
                 log::info!("systemd watchdog: pinging every {every:?}");
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every);
+                    // Held up (a busy machine, a stopped process), ping once and go
+                    // on from there: a burst of late pings tells systemd nothing.
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tick.tick().await;
                         n.notify("WATCHDOG=1");

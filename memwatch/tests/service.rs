@@ -598,6 +598,8 @@ fn notify_ready_after_serving_and_watchdog_pings() {
         // Pings every 150 ms.
         ("WATCHDOG_USEC", "300000".to_string()),
     ];
+    // No ping can be sent before this (the bound on their number below).
+    let spawned = Instant::now();
     let mut agent = Agent::start_with(&[], &[], &env, false);
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -627,12 +629,7 @@ fn notify_ready_after_serving_and_watchdog_pings() {
     );
 
     // At READY=1 the daemon already answers and the probes already feed /metrics.
-    let t = Instant::now();
     assert_eq!(http_get(agent.port, "/healthz").unwrap(), "ok\n");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "slow /healthz after READY"
-    );
     let m = agent.scrape();
     assert!(
         !m.family("memwatch_page_faults_total").is_empty(),
@@ -648,21 +645,35 @@ fn notify_ready_after_serving_and_watchdog_pings() {
     // As root too, the capabilities are gone once it serves.
     assert_dropped(&agent, u64::MAX);
 
-    // Watchdog pings, at about half WATCHDOG_USEC.
-    let start = Instant::now();
+    // Watchdog pings keep coming, at most one per interval (half WATCHDOG_USEC): a
+    // daemon that was held up sends the next one late, never a burst to catch up. So
+    // however slow the machine, the pings received by now are at most one more than
+    // the intervals since the daemon was started (before it could send any), and a
+    // few of them arrive within a deadline that only a daemon that stopped pinging
+    // misses.
+    const PINGS: u32 = 5;
+    let every = Duration::from_millis(150);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut pings = 0;
-    while start.elapsed() < Duration::from_millis(1500) {
+    while pings < PINGS {
+        assert!(
+            Instant::now() < deadline,
+            "{pings} watchdog pings in 120 s:\n{}",
+            agent.log_text()
+        );
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             assert_eq!(msg, "WATCHDOG=1");
             pings += 1;
+            let most = (spawned.elapsed().as_nanos() / every.as_nanos()) as u32 + 1;
+            assert!(
+                pings <= most,
+                "{pings} pings {:?} after the start at one per {every:?}: a burst",
+                spawned.elapsed()
+            );
         }
     }
-    println!("{pings} watchdog pings in 1.5 s");
-    assert!(
-        (4..=14).contains(&pings),
-        "{pings} pings in 1.5 s at 150 ms"
-    );
+    println!("{pings} watchdog pings, none early");
     assert!(agent.stop().success());
     // STOPPING=1 on the way out.
     let n = sock.recv(&mut buf);
