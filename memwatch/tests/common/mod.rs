@@ -403,3 +403,120 @@ pub fn read_meminfo() -> BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// /proc/vmstat with every CPU's pending deltas folded into the totals first (writing
+/// /proc/sys/vm/stat_refresh, root only): node and zone counters such as `nr_dirtied`
+/// and `nr_written` otherwise lag the events by up to the per-CPU threshold on each
+/// CPU (event counters such as `pgactivate` are summed over the CPUs on every read).
+pub fn vmstat_now() -> BTreeMap<String, u64> {
+    let _ = std::fs::write("/proc/sys/vm/stat_refresh", "1");
+    read_vmstat()
+}
+
+/// A scrape with the kernel's counters read just before and just after it. Between two
+/// of these, memwatch's interval (scrape to scrape) contains the kernel's inner one
+/// (after the first to before the second) and lies within its outer one (before the
+/// first to after the second), whatever else the machine does meanwhile.
+pub struct Snapshot {
+    pub m: Metrics,
+    before: BTreeMap<String, u64>,
+    after: BTreeMap<String, u64>,
+}
+
+impl Agent {
+    /// A scrape bracketed by /proc/vmstat reads.
+    pub fn snapshot(&self) -> Snapshot {
+        let before = vmstat_now();
+        let m = self.scrape();
+        let after = vmstat_now();
+        Snapshot { m, before, after }
+    }
+}
+
+/// The kernel's change of the sum of `keys`: (inner, outer) between `s0` and `s1`.
+pub fn kernel_delta(s0: &Snapshot, s1: &Snapshot, keys: &[&str]) -> (f64, f64) {
+    let sum = |v: &BTreeMap<String, u64>| -> f64 {
+        keys.iter()
+            .map(|k| v.get(*k).copied().unwrap_or(0) as f64)
+            .sum()
+    };
+    (
+        sum(&s1.before) - sum(&s0.after),
+        sum(&s1.after) - sum(&s0.before),
+    )
+}
+
+/// Whether the kernel has every counter of `keys` (older kernels lack some).
+pub fn kernel_has(s: &Snapshot, keys: &[&str]) -> bool {
+    keys.iter().all(|k| s.before.contains_key(*k))
+}
+
+/// Asserts that memwatch's change `got` over an interval lies within the kernel's
+/// (inner, outer) change over the same interval, give or take `slack`: events counted
+/// by memwatch and by the kernel at slightly different points of the same code path
+/// (say, at a page's submission and at its completion).
+pub fn assert_within(what: &str, got: f64, (inner, outer): (f64, f64), slack: f64) {
+    println!("{what}: memwatch {got}, kernel {inner}..{outer} (slack {slack})");
+    assert!(
+        got >= inner - slack && got <= outer + slack,
+        "{what}: memwatch {got}, outside the kernel's {inner}..{outer} over the same \
+         interval (slack {slack})"
+    );
+}
+
+/// A tracefs instance of the test's own with some events enabled (each with a filter),
+/// removed on drop: the kernel's own record of what happened, independent of memwatch.
+pub struct Trace {
+    dir: PathBuf,
+    events: Vec<String>,
+}
+
+impl Trace {
+    /// `events`: ("category/event", filter or ""). None where tracefs has no
+    /// instances or an event is missing.
+    pub fn new(name: &str, events: &[(&str, &str)]) -> Option<Self> {
+        let root = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("instances").is_dir())?;
+        let dir = root
+            .join("instances")
+            .join(format!("memwatch-test-{}-{name}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let mut t = Self {
+            dir,
+            events: Vec::new(),
+        };
+        for (event, filter) in events {
+            let e = t.dir.join("events").join(event);
+            if !filter.is_empty() {
+                std::fs::write(e.join("filter"), filter).ok()?;
+            }
+            std::fs::write(e.join("enable"), "1").ok()?;
+            t.events.push(event.to_string());
+        }
+        Some(t)
+    }
+
+    /// The lines recorded so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("trace")).unwrap_or_default()
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        for e in &self.events {
+            let _ = std::fs::write(self.dir.join("events").join(e).join("enable"), "0");
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The value of `key=` in a trace line (`... key=123 ...`).
+pub fn trace_field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
