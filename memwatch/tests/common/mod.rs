@@ -160,6 +160,16 @@ impl Agent {
                 cmd.arg(format!("--probe-mode={mode}"));
             }
         }
+        // If the test process dies without dropping the agent (killed by a harness's
+        // time limit), the agent goes too and detaches its programs.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -173,7 +183,8 @@ impl Agent {
         if !wait {
             return agent;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: attaching every hook takes seconds on a quiet machine under TCG.
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             if let Ok(body) = http_get(port, "/healthz") {
                 assert_eq!(body, "ok\n");
@@ -223,11 +234,12 @@ impl Agent {
 }
 
 /// Stops a child we spawned: SIGTERM by its PID, then SIGKILL if it has not exited
-/// within 30 s. Its exit status.
+/// within 120 s (detaching waits for RCU grace periods, slow on a busy TCG guest).
+/// Its exit status.
 pub fn terminate(child: &mut Child) -> Option<ExitStatus> {
     // SAFETY: signalling the PID of the child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(s) = child.try_wait().ok().flatten() {
             return Some(s);
@@ -250,7 +262,7 @@ impl Drop for Agent {
 /// GET over HTTP/1.0 on loopback; the body on 200.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;

@@ -58,7 +58,7 @@ if [ -n "$DISK" ]; then
         insmod "$mods/$m.ko" || echo "@@mw warn: insmod $m failed"
     done
     i=0
-    while [ ! -b "/dev/$DISK" ] && [ $i -lt 100 ]; do
+    while [ ! -b "/dev/$DISK" ] && [ $i -lt 1200 ]; do
         sleep 0.1
         i=$((i + 1))
     done
@@ -102,8 +102,22 @@ if [ "$FIXTURES" = 1 ]; then
     echo "@@mw fixtures sent"
 fi
 
+# Everything a test binary left running (an agent or workload orphaned when `timeout`
+# stopped it) is killed before the next one starts, so its probes and memory are
+# gone: every process but init, this shell and the heartbeat.
+reap() {
+    for d in /proc/[0-9]*; do
+        p=${d#/proc/}
+        [ "$p" = 1 ] || [ "$p" = $$ ] || [ "$p" = "$BEAT" ] || [ -z "$(cat "$d/cmdline" 2>/dev/null)" ] ||
+            kill -9 "$p" 2>/dev/null
+    done
+}
+
 # The plan: "rung:binary+binary,rung:binary", rungs in the order to run them.
 if [ "$TESTS" = 1 ]; then
+    # A heartbeat, so the harness tells a slow test from a stuck guest.
+    (while true; do sleep 30; echo "@@mw alive"; done) &
+    BEAT=$!
     for step in $PLAN; do
         rung=${step%%:*}
         for name in $(echo "${step#*:}" | tr + ' '); do
@@ -118,8 +132,10 @@ if [ "$TESTS" = 1 ]; then
                 rc=127
             fi
             echo "@@mw end $rung $name $rc"
+            reap
         done
     done
+    kill "$BEAT"
 fi
 
 echo "@@mw done"
