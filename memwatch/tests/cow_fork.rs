@@ -265,7 +265,7 @@ fn bpftool(args: &[&str]) -> String {
 
 /// Short-lived processes that each leave a row in the process table, so reading the
 /// table takes a while.
-const FILLERS: usize = 2000;
+const FILLERS: usize = 1000;
 /// Fresh pages a counter touches per mapping before it maps the next one.
 const CHUNK: usize = 4096;
 /// Scrapes taken while the counters run.
