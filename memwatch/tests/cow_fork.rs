@@ -308,7 +308,7 @@ fn counter_body(ctl: &Ctl) -> i32 {
         let (done, stop) = (shared(slot), shared(2));
         ctl.report(b'R');
         while stop.load(Ordering::Relaxed) == 0 {
-            let Some(p) = map_fresh(CHUNK) else {
+            let Some(p) = common::workload::map_fresh(CHUNK) else {
                 return 41;
             };
             for i in 0..CHUNK {
@@ -320,28 +320,6 @@ fn counter_body(ctl: &Ctl) -> i32 {
             libc::sched_yield();
         }
         0
-    }
-}
-
-/// `pages` private anonymous pages, not yet touched, 4 KiB pages only (one fault per
-/// page touched).
-fn map_fresh(pages: usize) -> Option<*mut u8> {
-    // SAFETY: an anonymous private mapping of our own.
-    unsafe {
-        let len = pages * libc::sysconf(libc::_SC_PAGESIZE) as usize;
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
-        Some(p.cast())
     }
 }
 

@@ -140,14 +140,13 @@ impl Workload {
     }
 }
 
-/// Maps `pages` private anonymous pages (4 KiB pages: THP off) and writes one byte to
-/// each, so they are present; None if the mapping fails. Raw syscalls only, for use in
+/// Maps `pages` private anonymous pages, not yet touched, 4 KiB pages only (a THP would
+/// turn N faults into N/512); None if the mapping fails. Raw syscalls only, for use in
 /// a forked workload.
-pub fn map_populated(pages: usize) -> Option<*mut u8> {
-    // SAFETY: an anonymous private mapping of our own, written within its bounds.
+pub fn map_fresh(pages: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping of our own.
     unsafe {
-        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-        let len = pages * page;
+        let len = pages * libc::sysconf(libc::_SC_PAGESIZE) as usize;
         let p = libc::mmap(
             std::ptr::null_mut(),
             len,
@@ -159,12 +158,20 @@ pub fn map_populated(pages: usize) -> Option<*mut u8> {
         if p == libc::MAP_FAILED {
             return None;
         }
-        // 4 KiB pages only: a THP would turn N faults into N/512.
         libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
-        let p = p as *mut u8;
+        Some(p.cast())
+    }
+}
+
+/// `map_fresh(pages)`, with one byte written to each page, so they are present.
+pub fn map_populated(pages: usize) -> Option<*mut u8> {
+    let p = map_fresh(pages)?;
+    // SAFETY: writes within the mapping just made.
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
         for i in 0..pages {
             std::ptr::write_volatile(p.add(i * page), 1);
         }
-        Some(p)
     }
+    Some(p)
 }
