@@ -1218,6 +1218,33 @@ mod tests {
         assert!(names.contains(&"wp_fault_seconds_total"), "{names:?}");
     }
 
+    fn cache(tgid: u32, seq: u64) -> ProcCache {
+        ProcCache {
+            tgid,
+            live: 1,
+            comm: [0; memwatch_common::COMM_LEN],
+            seq,
+            counts: [0; proc::COUNTERS],
+            totals: [0; proc::COUNTERS],
+        }
+    }
+
+    #[test]
+    fn moves_during_a_read_name_the_processes_to_read_again() {
+        // CPU 0 quiet; CPU 1 moved process 7's counts and now holds 8.
+        let before = [cache(5, 4), cache(7, 2)];
+        let mid = [cache(5, 4), cache(8, 4)];
+        let after = [cache(5, 4), cache(8, 4)];
+        assert_eq!(moved(&before, &mid, &after), HashSet::from([7, 8]));
+        // A move under way when the read began (odd), even if it ended by the end.
+        let before = [cache(5, 3), cache(7, 2)];
+        let rest = [cache(5, 4), cache(7, 2)];
+        assert_eq!(moved(&before, &rest, &rest), HashSet::from([5]));
+        // Nothing moved.
+        let quiet = [cache(5, 4), cache(7, 2)];
+        assert!(moved(&quiet, &quiet, &quiet).is_empty());
+    }
+
     #[test]
     fn node_list() {
         assert!(!online_nodes().is_empty());
