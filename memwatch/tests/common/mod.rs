@@ -532,3 +532,122 @@ pub fn trace_field(line: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// How a value memwatch exported is checked against the kernel's own file read just
+/// before and just after the scrape (one round).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Equal to both reads: a value that only stays still or moves by the kernel's own
+    /// work (reclaim, migration) on a process that does nothing.
+    Exact,
+    /// Between the two reads, whichever is lower: a gauge that stood still or moved one
+    /// way while the scrape read it.
+    Between,
+    /// From the first read up to the second: a count that grows.
+    Rising,
+}
+
+/// One value memwatch exported in a round, and the kernel's reads around the scrape.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    pub bound: Bound,
+    pub value: f64,
+    pub before: f64,
+    pub after: f64,
+}
+
+impl Reading {
+    pub fn new(bound: Bound, value: f64, before: f64, after: f64) -> Self {
+        Self {
+            bound,
+            value,
+            before,
+            after,
+        }
+    }
+
+    /// Whether the value lies where its bound says, with no slack.
+    pub fn holds(&self) -> bool {
+        let (v, b, a) = (self.value, self.before, self.after);
+        match self.bound {
+            Bound::Exact => v == b && v == a,
+            Bound::Between => b.min(a) <= v && v <= b.max(a),
+            Bound::Rising => b <= v && v <= a,
+        }
+    }
+}
+
+/// Confirms values that move while a scrape reads them (gauges; counts the kernel
+/// folds in from per-CPU parts): no single read of the kernel's file before and after
+/// a scrape bounds such a value, since it can go down and up again in between, but a
+/// round in which it stood still or moved one way does, with no slack. `round(n)` does
+/// round `n` (read the file, scrape, read it again; the structural checks once, in
+/// round 0) and returns every value's reading by name. Rounds go on, each checking the
+/// values not yet confirmed, until each has held its bound once, or until 120 s and at
+/// least 20 rounds have passed: a wrong field, unit or scale never holds, and the
+/// failure names each such value with its last reading. Returns the reading that
+/// confirmed each value.
+pub fn confirm_in_rounds(
+    what: &str,
+    mut round: impl FnMut(usize) -> BTreeMap<String, Reading>,
+) -> BTreeMap<String, Reading> {
+    const DEADLINE: Duration = Duration::from_secs(120);
+    const MIN_ROUNDS: usize = 20;
+    let start = Instant::now();
+    let mut confirmed: BTreeMap<String, Reading> = BTreeMap::new();
+    let mut took: Vec<(String, usize)> = Vec::new();
+    let mut pending: Option<Vec<String>> = None;
+    let mut last: BTreeMap<String, Reading> = BTreeMap::new();
+    let mut n = 0;
+    loop {
+        let readings = round(n);
+        let pending = pending.get_or_insert_with(|| readings.keys().cloned().collect());
+        pending.retain(|key| {
+            let r = readings
+                .get(key)
+                .unwrap_or_else(|| panic!("{what}: {key} is missing in round {n}"));
+            if r.holds() {
+                if n > 0 {
+                    took.push((key.clone(), n + 1));
+                }
+                confirmed.insert(key.clone(), r.clone());
+                false
+            } else {
+                last.insert(key.clone(), r.clone());
+                true
+            }
+        });
+        n += 1;
+        if pending.is_empty() {
+            break;
+        }
+        if n >= MIN_ROUNDS && start.elapsed() > DEADLINE {
+            let never: Vec<String> = pending
+                .iter()
+                .map(|k| {
+                    let r = &last[k];
+                    format!(
+                        "{k} = {} ({:?}: the kernel said {} then {})",
+                        r.value, r.bound, r.before, r.after
+                    )
+                })
+                .collect();
+            panic!(
+                "{what}: {} of {} values never held their bound in {n} rounds ({:.1?}); \
+                 the last reading of each:\n{}",
+                never.len(),
+                confirmed.len() + never.len(),
+                start.elapsed(),
+                never.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "{what}: {} values confirmed in {n} round(s) ({:.1?}); those that took more \
+         than one (value, rounds): {took:?}",
+        confirmed.len(),
+        start.elapsed()
+    );
+    confirmed
+}
