@@ -2,7 +2,7 @@
 //! - the dashboards' structure (no privileges needed);
 //! - `promtool check rules` and `promtool test rules` (when promtool is installed);
 //! - the Kubernetes manifests with kubernetes-validate (installed by `cargo xtask setup`);
-//! - the real thing (root): Debian's Prometheus scrapes a running memwatch every second
+//! - the real thing (root): Debian's Prometheus scrapes a running memwatch every 3 s
 //!   while COW, dirty-page and reclaim workloads run, then every panel query and every
 //!   rule expression is evaluated through Prometheus's HTTP API. Panels the running
 //!   probe rung can't feed are listed with the reason.

@@ -301,6 +301,26 @@ fn sampled_at(e: &serde_json::Value) -> f64 {
         + e["child_lifetime_seconds"].as_f64().unwrap()
 }
 
+/// memwatch's live parent COW bytes for the episode of `child` from a sample the agent
+/// took after `t` (Unix seconds); None if the episode is no longer active.
+fn live_after(agent: &Agent, pid: u32, child: u32, t: f64) -> Option<f64> {
+    wait_for(
+        120,
+        &|| format!("no sample of the episode of {child} after {t}"),
+        || {
+            let (active, _) = episodes(agent, pid);
+            match active
+                .iter()
+                .find(|e| e["child_pid"].as_u64() == Some(child as u64))
+            {
+                None => Some(None),
+                Some(e) if sampled_at(e) > t => Some(e["parent_cow_bytes"].as_f64()),
+                Some(_) => None,
+            }
+        },
+    )
+}
+
 /// The timestamp (seconds) of a trace line: `comm-pid [cpu] flags 1234.567890: event: ...`.
 fn trace_ts(line: &str) -> Option<f64> {
     line.split_whitespace()
@@ -315,6 +335,10 @@ struct Save {
     /// While the child was held: (its Private_Dirty, memwatch's live parent COW bytes
     /// from a sample the agent took after that read).
     live: Vec<(f64, f64)>,
+    /// Once it was released: (Redis's current_cow_size, which is the child's
+    /// Private_Dirty as the child last read it; memwatch's live figure from a sample
+    /// taken after that INFO read). Maybe none: the child reads it about once a second.
+    redis_live: Vec<(f64, f64)>,
     /// The fork as the kernel traced it, seconds: from the sys_enter_clone event of
     /// our trace instance (its probe is registered after memwatch's on the same
     /// tracepoint, so it runs after memwatch's clock read) to sched_process_fork
@@ -376,31 +400,35 @@ fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress:
             },
             || {
                 let pd = private_dirty(child_pid).expect("held child gone");
-                let read_at = now();
-                let e = wait_for(
-                    120,
-                    &|| format!("{cmd}: no sample of the episode of {child_pid} after {read_at}"),
-                    || {
-                        episodes(agent, pid).0.into_iter().find(|e| {
-                            e["child_pid"].as_u64() == Some(child_pid as u64)
-                                && sampled_at(e) > read_at
-                        })
-                    },
-                );
-                let ours = e["parent_cow_bytes"].as_f64().unwrap();
-                live.borrow_mut().push((pd, ours));
-                (pd >= HOLD_UNTIL && ours > 0.0).then_some(())
+                let ours = live_after(agent, pid, child_pid, now()).unwrap_or_else(|| {
+                    panic!("{cmd}: the episode of held child {child_pid} ended")
+                });
+                let mut live = live.borrow_mut();
+                live.push((pd, ours));
+                (pd >= HOLD_UNTIL && ours > 0.0 && live.len() >= 3).then_some(())
             },
         );
         fd.as_ref().unwrap().signal(libc::SIGCONT);
     }
+    // Follow the save to its end; where Redis has a live figure, memwatch's from a
+    // later sample beside it.
+    let mut redis_live = Vec::new();
     wait_for(600, &|| format!("{cmd} did not finish"), || {
-        (redis
-            .info("persistence")
-            .get(in_progress)
-            .map(String::as_str)
-            == Some("0"))
-        .then_some(())
+        let p = redis.info("persistence");
+        let read_at = now();
+        if p.get(in_progress).map(String::as_str) == Some("0") {
+            return Some(());
+        }
+        let cow: f64 = p
+            .get("current_cow_size")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if cow > 0.0 {
+            if let Some(ours) = live_after(agent, pid, child_pid, read_at) {
+                redis_live.push((cow, ours));
+            }
+        }
+        None
     });
 
     let traced_fork = trace.map(|t| {
@@ -424,6 +452,7 @@ fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress:
         child_pid,
         held,
         live: live.into_inner(),
+        redis_live,
         traced_fork,
     }
 }
@@ -480,12 +509,14 @@ fn check_episode(what: &str, e: &serde_json::Value, redis: &Redis, save: &Save, 
     println!(
         "{what}: memwatch COW {ours} bytes ({}, parent {parent}, child new {}), Redis {cow_field} \
          {redis_cow}; fork {fork_us} µs vs latest_fork_usec {redis_us}, traced {:?} µs; {} live \
-         samples while held (child private dirty, memwatch), last {:?}",
+         samples while held (child private dirty, memwatch), last {:?}; after (Redis \
+         current_cow_size, memwatch): {:?}",
         e["cow_source"],
         e["child_new_bytes"],
         save.traced_fork.map(|s| s * 1e6),
         save.live.len(),
         save.live.last(),
+        save.redis_live,
     );
     // Held until the child's private dirty memory was HOLD_UNTIL; Redis's figure is
     // the same memory read when the save ends, so this holds by construction.
@@ -527,7 +558,7 @@ fn check_episode(what: &str, e: &serde_json::Value, redis: &Redis, save: &Save, 
         "no live COW seen while the child was held"
     );
     let allowance = (redis_cow - parent).max(0.0) + 0.05 * redis_cow;
-    for (pd, ours_live) in &save.live {
+    for (pd, ours_live) in save.live.iter().chain(&save.redis_live) {
         assert!(
             *ours_live >= pd - allowance,
             "live COW: memwatch {ours_live} behind the child's private dirty {pd} read \
