@@ -510,13 +510,14 @@ fn check_episode(what: &str, e: &serde_json::Value, redis: &Redis, save: &Save, 
         "{what}: memwatch COW {ours} bytes ({}, parent {parent}, child new {}), Redis {cow_field} \
          {redis_cow}; fork {fork_us} µs vs latest_fork_usec {redis_us}, traced {:?} µs; {} live \
          samples while held (child private dirty, memwatch), last {:?}; after (Redis \
-         current_cow_size, memwatch): {:?}",
+         current_cow_size, memwatch): {} samples, last {:?}",
         e["cow_source"],
         e["child_new_bytes"],
         save.traced_fork.map(|s| s * 1e6),
         save.live.len(),
         save.live.last(),
-        save.redis_live,
+        save.redis_live.len(),
+        save.redis_live.last(),
     );
     // Held until the child's private dirty memory was HOLD_UNTIL; Redis's figure is
     // the same memory read when the save ends, so this holds by construction.
