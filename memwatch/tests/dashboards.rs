@@ -2,7 +2,7 @@
 //! - the dashboards' structure (no privileges needed);
 //! - `promtool check rules` and `promtool test rules` (when promtool is installed);
 //! - the Kubernetes manifests with kubernetes-validate (installed by `cargo xtask setup`);
-//! - the real thing (root): Debian's Prometheus scrapes a running memwatch every second
+//! - the real thing (root): Debian's Prometheus scrapes a running memwatch every 3 s
 //!   while COW, dirty-page and reclaim workloads run, then every panel query and every
 //!   rule expression is evaluated through Prometheus's HTTP API. Panels the running
 //!   probe rung can't feed are listed with the reason.
@@ -24,8 +24,8 @@ use std::{
 };
 
 use common::{
-    free_port, root_or_skip, terminate,
-    workload::{map_populated, Ctl, Workload},
+    free_port, http_get, root_or_skip, terminate,
+    workload::{map_populated, pipe, read_byte, Ctl, Workload},
     Agent, Memcg, TempFile,
 };
 use serde_json::Value;
@@ -334,10 +334,12 @@ fn kubernetes_manifests_validate() {
 const COW_COMM: &str = "mw-promcow";
 const COW_BYTES: usize = 64 << 20;
 
-/// Name itself COW_COMM, touch COW_BYTES (4 KiB pages), fork a child that lives 3 s, write every page
-/// while it lives (COW), reap it, report 'C'.
+/// Name itself COW_COMM and touch COW_BYTES (4 KiB pages); then twice: fork a child
+/// that blocks on a pipe, write every page while it lives (copies: the child still
+/// shares them), report the child's pid, wait for the test's 'G', release the child
+/// (close the pipe) and reap it. Report 'C' at the end.
 fn cow_body(ctl: &Ctl) -> i32 {
-    // SAFETY: raw syscalls on memory this process maps itself.
+    // SAFETY: raw syscalls on memory and pipes this process makes itself.
     unsafe {
         let name = b"mw-promcow\0";
         libc::prctl(libc::PR_SET_NAME, name.as_ptr());
@@ -345,21 +347,25 @@ fn cow_body(ctl: &Ctl) -> i32 {
             return 40;
         };
         for _ in 0..2 {
+            let (hold_r, hold_w) = pipe();
             let child = libc::fork();
             if child < 0 {
                 return 41;
             }
             if child == 0 {
-                let ts = libc::timespec {
-                    tv_sec: 3,
-                    tv_nsec: 0,
-                };
-                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::close(hold_w);
+                read_byte(hold_r); // EOF when the parent closes hold_w (or dies)
                 libc::_exit(0);
             }
+            libc::close(hold_r);
             for i in (0..COW_BYTES).step_by(4096) {
-                *p.add(i) = 2;
+                std::ptr::write_volatile(p.add(i), 2);
             }
+            ctl.report_u64(child as u64);
+            if ctl.wait() != b'G' {
+                return 42;
+            }
+            libc::close(hold_w);
             let mut status = 0;
             libc::waitpid(child, &mut status, 0);
         }
@@ -424,6 +430,11 @@ fn reader_body(ctl: &Ctl) -> i32 {
     0
 }
 
+/// How often Prometheus scrapes memwatch, and how long a scrape may take (Prometheus
+/// allows no more than the interval): seconds. Generous, so that a scrape of a starved
+/// agent on a loaded machine still succeeds; every wait below counts scrapes, not time.
+const SCRAPE_INTERVAL: u32 = 3;
+
 /// Debian's Prometheus on a loopback port with a temporary TSDB; stopped by PID and
 /// its directory removed on drop.
 struct Prometheus {
@@ -439,9 +450,10 @@ impl Prometheus {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let rules = repo().join("deploy/prometheus");
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+            "global:\n  scrape_interval: {SCRAPE_INTERVAL}s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {}\n  - {}\n\
-             scrape_configs:\n  - job_name: memwatch\n    scrape_interval: 1s\n    scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: memwatch\n    scrape_interval: {SCRAPE_INTERVAL}s\n    \
+             scrape_timeout: {SCRAPE_INTERVAL}s\n\
              \x20   static_configs:\n      - targets: ['127.0.0.1:{memwatch_port}']\n",
             rules.join("memwatch.rules.yml").display(),
             rules.join("memwatch.alerts.yml").display(),
@@ -482,11 +494,12 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
-    /// `/api/v1/query` (instant) or `/api/v1/query_range` over `range` at 1 s steps.
-    fn query(&self, expr: &str, range: Option<(f64, f64)>) -> Result<Vec<Value>, String> {
-        let path = match range {
-            None => format!("/api/v1/query?query={}", urlencode(expr)),
-            Some((start, end)) => format!(
+    /// `/api/v1/query` (instant, now or at a time) or `/api/v1/query_range` at 1 s steps.
+    fn query(&self, expr: &str, when: When) -> Result<Vec<Value>, String> {
+        let path = match when {
+            When::Now => format!("/api/v1/query?query={}", urlencode(expr)),
+            When::At(t) => format!("/api/v1/query?query={}&time={t:.3}", urlencode(expr)),
+            When::Range(start, end) => format!(
                 "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step=1",
                 urlencode(expr)
             ),
@@ -498,6 +511,47 @@ impl Prometheus {
         }
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
+
+    /// The times (Unix seconds, as Prometheus stamped them) of the scrapes of memwatch
+    /// that succeeded, oldest first: the raw samples of `up` that are 1.
+    fn good_scrapes(&self) -> Vec<f64> {
+        let r = self
+            .query("up{job=\"memwatch\"}[1h]", When::Now)
+            .unwrap_or_default();
+        r.first()
+            .and_then(|s| s["values"].as_array())
+            .map(|vs| {
+                vs.iter()
+                    .filter(|v| v[1] == "1")
+                    .filter_map(|v| v[0].as_f64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Polls `cond` every 200 ms until it holds; fails after `secs` (a stuck test only).
+    fn wait_for<T>(&self, secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = cond() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} (waited {secs} s); Prometheus log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// When a query is evaluated.
+#[derive(Clone, Copy)]
+enum When {
+    Now,
+    At(f64),
+    Range(f64, f64),
 }
 
 impl Drop for Prometheus {
@@ -538,7 +592,9 @@ fn now() -> f64 {
 }
 
 /// Grafana's variables as the test fills them in: every instance, process and cgroup.
+/// `$__rate_interval` as Grafana would set it: at least four scrape intervals.
 fn substitute(expr: &str) -> String {
+    const _: () = assert!(4 * SCRAPE_INTERVAL <= 15);
     expr.replace("$__rate_interval", "15s")
         .replace("$instance", ".*")
         .replace("$comm", ".*")
@@ -680,10 +736,48 @@ fn prometheus_evaluates_every_panel_and_rule() {
     let prom = Prometheus::start(&prom_bin, agent.port);
     let start = now();
 
-    // Workloads, one after the other, while Prometheus scrapes every second.
+    // Prometheus's first scrape comes up to an interval after it is ready: the
+    // workloads start once it has scraped memwatch.
+    prom.wait_for(120, "no successful scrape of memwatch", || {
+        (!prom.good_scrapes().is_empty()).then_some(())
+    });
+
+    // Workloads, one after the other, while Prometheus scrapes. The COW workload's
+    // children live until Prometheus has the running episode's live COW series, as the
+    // "Live COW of running episodes" panel shows it: the same range query (same start,
+    // same steps) that the panel check below runs.
     let cow = Workload::spawn(cow_body);
+    for _ in 0..2 {
+        let child = cow.read_u64();
+        let live = format!(
+            "memwatch_fork_episode_active_cow_bytes{{comm=\"{COW_COMM}\", child_pid=\"{child}\"}}"
+        );
+        prom.wait_for(
+            120,
+            &format!("Prometheus never had {live} while the child lived"),
+            || {
+                let r = prom.query(&live, When::Range(start, now())).ok()?;
+                (!r.is_empty()).then_some(())
+            },
+        );
+        cow.send(b'G');
+    }
     cow.expect(b'C');
     cow.wait_done();
+    // The agent has ended both episodes (their figures are in memwatch_fork_episode_*).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body = http_get(agent.port, &format!("/api/episodes?pid={}", cow.pid)).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["finished"].as_array().map_or(0, Vec::len) >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not end the COW workload's two episodes: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let dirty = std::env::temp_dir().join(format!("memwatch-test-dash-{}", std::process::id()));
     let _dirty_cleanup = TempFile(dirty.clone());
@@ -721,37 +815,36 @@ fn prometheus_evaluates_every_panel_and_rule() {
         None
     };
 
-    // Several scrapes after the workloads, so the last counters are in.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ups = prom
-            .query(
-                "count_over_time(up{job=\"memwatch\"}[10m]) and up{job=\"memwatch\"} == 1",
-                None,
-            )
-            .unwrap();
-        let n = ups
-            .first()
-            .and_then(|s| s["value"][1].as_str())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if n >= 10.0 && now() - start >= 20.0 {
-            println!("{test}: {n} scrapes of memwatch");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus did not scrape memwatch:\n{}",
-            prom.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let range = Some((start, now()));
+    // Scrapes after the workloads, so the last counters are in: a successful scrape
+    // begun at least two intervals after they finished, and at least two successful
+    // ones after they finished (a rate needs two samples). Every query below is
+    // evaluated at that scrape's time, so a later failed scrape (which marks every
+    // series stale) changes nothing.
+    let done = now();
+    let two = 2.0 * SCRAPE_INTERVAL as f64;
+    let at = prom.wait_for(
+        120,
+        "no two successful scrapes of memwatch after the workloads",
+        || {
+            let good = prom.good_scrapes();
+            let after: Vec<f64> = good.iter().copied().filter(|t| *t > done).collect();
+            let last = *after.last()?;
+            (after.len() >= 2 && last >= done + two).then(|| {
+                println!(
+                    "{test}: {} successful scrapes of memwatch, {} after the workloads",
+                    good.len(),
+                    after.len()
+                );
+                last
+            })
+        },
+    );
+    let range = When::Range(start, at);
+    let instant = When::At(at);
 
     // What rung each hook runs on, as Prometheus has it.
     let modes: BTreeMap<(String, String), String> = prom
-        .query("memwatch_probe_info", None)
+        .query("memwatch_probe_info", instant)
         .unwrap()
         .iter()
         .map(|s| {
@@ -785,7 +878,7 @@ fn prometheus_evaluates_every_panel_and_rule() {
             };
             let (sel, label) = inner.rsplit_once(',').unwrap();
             let sel = substitute(sel.trim());
-            match prom.query(&sel, None) {
+            match prom.query(&sel, instant) {
                 Ok(r) if r.iter().any(|s| s["metric"][label.trim()].is_string()) => {}
                 Ok(_) => failures.push(format!(
                     "{name}: variable {}: no {} values from {sel}",
@@ -806,8 +899,8 @@ fn prometheus_evaluates_every_panel_and_rule() {
             let mut empty = 0;
             for t in targets {
                 let expr = substitute(t["expr"].as_str().unwrap());
-                let instant = t["instant"].as_bool().unwrap_or(false);
-                match prom.query(&expr, if instant { None } else { range }) {
+                let is_instant = t["instant"].as_bool().unwrap_or(false);
+                match prom.query(&expr, if is_instant { instant } else { range }) {
                     Ok(r) if !r.is_empty() => {}
                     Ok(_) => {
                         empty += 1;
@@ -830,7 +923,7 @@ fn prometheus_evaluates_every_panel_and_rule() {
     }
     let mut rules = 0;
     for (rule, expr) in rule_exprs() {
-        match prom.query(&expr, None) {
+        match prom.query(&expr, instant) {
             Ok(_) => rules += 1,
             Err(e) => failures.push(format!("rule {rule}: {expr}: {e}")),
         }
