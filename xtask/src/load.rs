@@ -183,9 +183,15 @@ impl Drop for Load {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Whatever of the group is left (a worker that did not stop, or stress-ng
-        // itself after the grace period) is killed before the leader is reaped.
+        // itself after the grace period) is killed before the leader is reaped, and
+        // waited for: a killed process still has to be scheduled to exit, which on a
+        // busy machine takes a while.
         // SAFETY: as above.
         unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let deadline = Instant::now() + GRACE;
+        while group_members(self.pid).iter().any(|&p| p != self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         PGID.store(0, Ordering::SeqCst);
         for (sig, old) in self.old_actions.drain(..) {
             // SAFETY: restores the action saved when the guard installed its own.
@@ -212,29 +218,29 @@ impl Drop for Load {
     }
 }
 
+/// The processes (not zombies) in process group `pg`, from /proc.
+fn group_members(pg: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        if w.len() > 2 && w[0] != "Z" && w[2].parse::<i32>() == Ok(pg) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The processes (not zombies) in process group `pg`, from /proc.
-    fn group_members(pg: i32) -> Vec<i32> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid pgrp ...
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let w: Vec<&str> = rest.split_whitespace().collect();
-            if w.len() > 2 && w[0] != "Z" && w[2].parse::<i32>() == Ok(pg) {
-                out.push(pid);
-            }
-        }
-        out
-    }
 
     /// The guard stops the leader and what it started (idle sleeps stand in for
     /// stress-ng and its workers).
