@@ -104,11 +104,14 @@ fi
 
 # Everything a test binary left running (an agent or workload orphaned when `timeout`
 # stopped it) is killed before the next one starts, so its probes and memory are
-# gone: every process but init, this shell and the heartbeat.
+# gone: every process but init (this shell), kernel threads (no command line), and
+# the heartbeat with its sleep (field 4 of stat: the parent; a command name with a
+# space shifts it, and such a process is no child of the heartbeat's anyway).
 reap() {
     for d in /proc/[0-9]*; do
         p=${d#/proc/}
         [ "$p" = 1 ] || [ "$p" = $$ ] || [ "$p" = "$BEAT" ] || [ -z "$(cat "$d/cmdline" 2>/dev/null)" ] ||
+            [ "$(cut -d' ' -f4 "$d/stat" 2>/dev/null)" = "$BEAT" ] ||
             kill -9 "$p" 2>/dev/null
     done
 }
