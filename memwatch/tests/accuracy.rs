@@ -160,18 +160,8 @@ fn dirtied_and_written_match_vmstat() {
     // A flusher call that wrote some of the pages may end after the fsync returned:
     // wait for it, so its count is final.
     let flusher = trace.as_ref().map(|t| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            if let Some(n) = written_by_flusher(t, ino) {
-                break n;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a writeback of inode {ino} never ended:\n{}",
-                t.text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        common::eventually(120, || written_by_flusher(t, ino))
+            .unwrap_or_else(|| panic!("a writeback of inode {ino} never ended:\n{}", t.text()))
     });
     w.send(b'T');
     w.expect(b'W');

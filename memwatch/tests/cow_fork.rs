@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::{
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
-    time::{Duration, Instant},
-};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use common::{root_or_skip, workload::Ctl, workload::Workload, Agent, TempFile};
 
@@ -218,18 +215,15 @@ fn parent_write_protect_faults_match_pages_written() {
     let status = agent.stop();
     assert!(status.success(), "memwatch exit status {status}");
     // Unloading can finish in a worker after the last reference goes: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (pf, cow) = (page_fault_programs(), cow_programs());
-        if pf.trim().is_empty() && cow.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still loaded 120 s after SIGTERM: {pf} {cow:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gone = common::eventually(120, || {
+        (page_fault_programs().trim().is_empty() && cow_programs().is_empty()).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "still loaded 120 s after SIGTERM: {} {:?}",
+        page_fault_programs(),
+        cow_programs()
+    );
 }
 
 /// The page-fault programs loaded: the raw tracepoint ones, or the tracepoint ones
@@ -377,17 +371,15 @@ fn a_scrape_includes_every_fault_before_it() {
     }
     // The fillers' rows reach the table as their counts move there (at exit, or when
     // the next process counts on that CPU).
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let m = agent.scrape();
-        let rows = m.get("memwatch_table_entries", &[("table", "procs")]);
-        if rows.unwrap_or(0.0) >= FILLERS as f64 {
-            println!("{rows:?} rows in the process table");
-            break;
-        }
-        assert!(Instant::now() < deadline, "table rows: {rows:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut rows = None;
+    let filled = common::eventually(300, || {
+        rows = agent
+            .scrape()
+            .get("memwatch_table_entries", &[("table", "procs")]);
+        (rows.unwrap_or(0.0) >= FILLERS as f64).then_some(())
+    });
+    assert!(filled.is_some(), "table rows: {rows:?}");
+    println!("{rows:?} rows in the process table");
 
     SLOT.store(0, Ordering::Relaxed);
     let a = Workload::spawn(counter_body);

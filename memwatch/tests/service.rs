@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{bin, http_get, root_or_skip, Agent, TempFile};
+use common::{bin, eventually, http_get, root_or_skip, Agent, TempFile};
 
 /// The unit, as compiled in: the VM tests have no source tree.
 const UNIT: &str = include_str!("../../deploy/memwatch.service");
@@ -433,20 +433,6 @@ fn assert_dropped(agent: &Agent, started_with: u64) {
     }
     let log = agent.log_text();
     assert!(log.contains("dropped capabilities"), "{log}");
-}
-
-/// Wait for `f` (every 100 ms, up to `secs`).
-fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// On 'G': fork a child that exits at once, reap it, report 'F'.

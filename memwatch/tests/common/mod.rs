@@ -651,3 +651,18 @@ pub fn confirm_in_rounds(
     );
     confirmed
 }
+
+/// Waits for `f` to give a value, trying every 100 ms for up to `secs` (a deadline
+/// that only something stuck misses); None after that.
+pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
