@@ -15,8 +15,7 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
-    io::{Read, Write},
-    net::TcpStream,
+    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -24,7 +23,7 @@ use std::{
 };
 
 use common::{
-    free_port, http_get, root_or_skip, terminate,
+    free_port, http_get, http_status as get, root_or_skip, terminate,
     workload::{map_populated, pipe, read_byte, Ctl, Workload},
     Agent, Memcg, TempFile,
 };
@@ -570,18 +569,6 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// GET over HTTP/1.0 on loopback: (status, body), any status.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 fn now() -> f64 {

@@ -8,7 +8,6 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -123,16 +122,11 @@ impl Agent {
             .with_context(|| format!("starting {}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = write!(s, "GET /healthz HTTP/1.0\r\n\r\n");
-                let mut r = String::new();
-                let _ = s.read_to_string(&mut r);
-                if r.contains("200") {
-                    return Ok(Self {
-                        child,
-                        stop_signal: libc::SIGTERM,
-                    });
-                }
+            if http_get(port, "/healthz").is_ok() {
+                return Ok(Self {
+                    child,
+                    stop_signal: libc::SIGTERM,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -527,20 +521,23 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// GET over HTTP/1.0 (a new connection per scrape, like a scraper without keep-alive),
-/// with no Accept-Encoding: both exporters send identity-encoded text.
+/// GET on loopback with a new connection per scrape (like a scraper without
+/// keep-alive), with no Accept-Encoding (ureq without its gzip feature): both
+/// exporters send identity-encoded text. The body on 200.
 fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut resp = Vec::with_capacity(128 * 1024);
-    s.read_to_end(&mut resp)?;
-    let resp = String::from_utf8(resp).context("response is not UTF-8")?;
-    let (head, body) = resp.split_once("\r\n\r\n").context("no end of headers")?;
-    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
-        bail!("{}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_string())
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let body = agent
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .call()?
+        .body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_string()?;
+    Ok(body)
 }
 
 /// CPU time of a whole process (every thread), in nanoseconds, from its CPU clock.

@@ -6,8 +6,7 @@ pub mod workload;
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -259,20 +258,42 @@ impl Drop for Agent {
     }
 }
 
-/// GET over HTTP/1.0 on loopback; the body on 200.
+/// An HTTP client for loopback servers (ureq, no connection reuse: every request is a
+/// new connection, like a scraper without keep-alive). `status_as_error`: a non-2xx
+/// answer is an error.
+pub fn http_client(status_as_error: bool) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .max_idle_connections(0)
+        .http_status_as_error(status_as_error)
+        .build()
+        .into()
+}
+
+/// GET `path` on loopback `port`; the body on 200.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("status: {head}")));
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut resp = http_client(true)
+        .get(&url)
+        .call()
+        .map_err(std::io::Error::other)?;
+    if resp.status() != 200 {
+        return Err(std::io::Error::other(format!("status: {}", resp.status())));
     }
-    Ok(body.to_string())
+    resp.body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_string()
+        .map_err(std::io::Error::other)
+}
+
+/// GET `path` on loopback `port`: (status, body), any status.
+pub fn http_status(port: u16, path: &str) -> Option<(u16, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut resp = http_client(false).get(&url).call().ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().ok()?;
+    Some((status, body))
 }
 
 /// Samples of one scrape: (name, labels) -> value.
