@@ -1,0 +1,217 @@
+//! The command line: the subcommands and their options, the config they load, and the
+//! small commands (`probes`, `config`) that need no daemon.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    config::{self, Config, LogLevel, ProbeMode},
+    probes::{
+        loader::{on_functions, Attempt},
+        table::Mode,
+        HookOutcome,
+    },
+    Fatal,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "memwatch",
+    version,
+    about = "Linux memory observability: COW, page faults, fork, writeback and reclaim, \
+             attributed to processes, exported for Prometheus",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, for a bare `memwatch`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and attach the probes and serve /metrics (the default).
+    Run(RunArgs),
+    /// Show, for each hook, which rungs (fentry, kprobe, tracepoint) work on this
+    /// kernel, which one `run` would pick, and why the others can't be used.
+    Probes(ProbesArgs),
+    /// Configuration helpers.
+    Config(ConfigArgs),
+    /// Report fork episodes (fork to child exit) of watched processes, with a
+    /// verdict: from the running daemon, or with probes of its own when none runs.
+    ForkReport(ForkReportArgs),
+}
+
+#[derive(Args)]
+pub struct ForkReportArgs {
+    /// Only episodes of processes with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only episodes of this parent pid.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Keep printing episodes as they finish.
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per episode (the daemon's log format) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon to ask.
+    #[arg(long, default_value = "http://127.0.0.1:9847")]
+    pub url: String,
+    /// Config for probes of its own (watch list) when no daemon answers.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct RunArgs {
+    /// TOML config file (every key optional; see `memwatch config --print-default`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to serve on, e.g. ":9847" or "127.0.0.1:9847".
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    pub listen_address: Option<String>,
+    /// Path of the metrics endpoint.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    pub telemetry_path: Option<String>,
+    /// Force a rung of the probe ladder.
+    #[arg(long = "probe-mode", value_enum)]
+    pub probe_mode: Option<ProbeMode>,
+    /// Log level (RUST_LOG, when set, wins).
+    #[arg(long = "log.level", value_enum)]
+    pub log_level: Option<LogLevel>,
+    /// Where procfs is mounted (e.g. the host's /proc seen from a container).
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    pub procfs: String,
+    /// Where sysfs is mounted.
+    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
+    pub sysfs: String,
+}
+
+#[derive(Args)]
+pub struct ProbesArgs {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Force a rung of the probe ladder (shows what `run --probe-mode` would do).
+    #[arg(long = "probe-mode", value_enum)]
+    probe_mode: Option<ProbeMode>,
+    /// Log level (RUST_LOG, when set, wins).
+    #[arg(long = "log.level", value_enum, default_value = "error")]
+    log_level: LogLevel,
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Print the built-in default configuration, with comments.
+    #[arg(long)]
+    print_default: bool,
+    /// Check a config file and exit.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+}
+
+/// The config file (or the defaults) with command-line overrides applied.
+pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| Fatal::Usage(e.to_string()))?,
+        None => Config::default(),
+    };
+    if let Some(a) = &args.listen_address {
+        cfg.web.listen_address = a.clone();
+    }
+    if let Some(p) = &args.telemetry_path {
+        cfg.web.telemetry_path = p.clone();
+    }
+    if let Some(m) = args.probe_mode {
+        cfg.probes.mode = m;
+    }
+    if let Some(l) = args.log_level {
+        cfg.log.level = l;
+    }
+    cfg.validate().map_err(|e| Fatal::Usage(e.to_string()))?;
+    Ok(cfg)
+}
+
+pub fn init_logging(level: LogLevel) {
+    env_logger::Builder::new()
+        .filter_level(level.filter())
+        .parse_default_env()
+        .format_timestamp_millis()
+        .init();
+}
+
+/// `memwatch probes`: walk every rung of every hook and print what works here.
+pub fn probes_cmd(args: ProbesArgs) -> Result<(), Fatal> {
+    let cfg = load_config(&RunArgs {
+        config: args.config,
+        probe_mode: args.probe_mode,
+        ..Default::default()
+    })?;
+    init_logging(args.log_level);
+    let attached = crate::daemon::attach_probes(&cfg, true)?;
+    print!(
+        "{}",
+        render_probes(
+            &attached.outcomes,
+            &crate::kernel_release(),
+            cfg.probes.mode
+        )
+    );
+    Ok(())
+}
+
+/// The `memwatch probes` table.
+fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("memwatch probes: kernel {kernel}, --probe-mode={mode}\n");
+    for o in outcomes {
+        let picked = o.chosen.map_or("none".to_string(), |m| m.to_string());
+        let _ = writeln!(s, "\n{}/{}: run uses {picked}", o.hook.family, o.hook.name);
+        for rung in Mode::ALL {
+            let Some(def) = o.hook.rungs.iter().find(|r| r.mode == rung) else {
+                let _ = writeln!(s, "  {:<11} -   no such rung for this hook", rung.as_str());
+                continue;
+            };
+            let a = o.attempts.iter().find(|a| a.mode == rung);
+            let mark = if o.chosen == Some(rung) { "*" } else { " " };
+            let status = match a {
+                Some(a) if a.skipped => {
+                    format!("skipped ({})", a.result.as_ref().err().map_or("", |e| e))
+                }
+                Some(Attempt { result: Ok(p), .. }) if def.loses.is_empty() => {
+                    format!("ok{}", on_functions(p))
+                }
+                Some(Attempt { result: Ok(p), .. }) => {
+                    format!("ok{}, but loses: {}", on_functions(p), def.loses)
+                }
+                Some(Attempt { result: Err(e), .. }) => format!("no: {e}"),
+                None => "not tried".to_string(),
+            };
+            let _ = writeln!(s, "  {:<11} {mark}  {status}", rung.as_str());
+            let _ = writeln!(s, "  {:<11}    needs: {}", "", def.needs);
+        }
+    }
+    s.push_str("\n* = the rung `memwatch run` uses\n");
+    s
+}
+
+/// `memwatch config`: print the defaults or check a file.
+pub fn config_cmd(args: ConfigArgs) -> Result<(), Fatal> {
+    if let Some(path) = args.check {
+        Config::load(&path).map_err(|e| Fatal::Usage(e.to_string()))?;
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    if args.print_default {
+        print!("{}", config::DEFAULT_TOML);
+        return Ok(());
+    }
+    Err(Fatal::Usage(
+        "nothing to do: use `memwatch config --print-default` or `--check FILE`".into(),
+    ))
+}
