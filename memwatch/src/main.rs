@@ -368,16 +368,10 @@ async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Ru
     let hooks: collectors::bpf::Attached = a
         .outcomes
         .iter()
-        .filter_map(|o| o.chosen.map(|m| (o.hook.name, m)))
+        .filter_map(|o| o.chosen.map(|m| (o.hook.id, m)))
         .collect();
-    let cow = if matches!(hooks.get("do_wp_page"), Some(Mode::Fentry | Mode::Kprobe))
-        && hooks.contains_key("cow_copy")
-    {
-        episodes::CowSource::Copies
-    } else {
-        episodes::CowSource::WriteProtectFaults
-    };
-    let forks = hooks.contains_key("fork_syscalls") && hooks.contains_key("process_exit");
+    let cow = probes::cow::episode_source(&hooks);
+    let forks = probes::fork::episodes_possible(&hooks);
     let mut tracker = None;
     match collectors::bpf::Bpf::new(
         &mut a.ebpf,

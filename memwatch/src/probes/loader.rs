@@ -59,7 +59,7 @@ pub fn attach_all(
                     && h.rungs.iter().any(|r| {
                         r.attach
                             .iter()
-                            .any(|a| matches!(a, Attach::Shared { hook: x } if *x == hook.name))
+                            .any(|a| matches!(a, Attach::Shared { hook: x } if *x == hook.id))
                     })
             })
     };
@@ -225,7 +225,7 @@ fn attach_one(
         _ => r.map(|()| None),
     };
     match *attach {
-        Attach::Shared { hook } => match done.iter().find(|o| o.hook.name == hook) {
+        Attach::Shared { hook } => match done.iter().find(|o| o.hook.id == hook) {
             Some(o) if o.chosen.is_some() => Ok(None),
             _ => Err(format!("fed by hook {hook}, which did not attach")),
         },
