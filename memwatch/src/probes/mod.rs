@@ -256,9 +256,9 @@ pub fn kernel_hz() -> u64 {
     250
 }
 
-/// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
-/// of this kernel and the configured table sizes.
-pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
+/// The offsets (global, offset) of the record fields the table's tracepoints read, on
+/// this kernel (a tracepoint that can't be resolved is left out, logged).
+fn tracepoint_offsets(support: &KernelSupport) -> Offsets {
     let mut offsets: Offsets = Vec::new();
     if let Ok(tracefs) = &support.tracefs {
         for hook in table::HOOKS {
@@ -284,6 +284,13 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
             }
         }
     }
+    offsets
+}
+
+/// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
+/// of this kernel and the configured table sizes.
+pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
+    let offsets = tracepoint_offsets(support);
     let ns_per_jiffy: u64 = 1_000_000_000 / kernel_hz();
     let mut loader = EbpfLoader::new();
     for (global, offset) in &offsets {

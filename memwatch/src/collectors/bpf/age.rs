@@ -75,13 +75,12 @@ impl Liveness {
 mod tests {
     use super::*;
 
-    fn row(tgid: u32, c0: u64) -> Row {
-        let mut counts = [0; proc::COUNTERS];
-        counts[0] = c0;
+    /// A row counting `n` in every column.
+    fn row(tgid: u32, n: u64) -> Row {
         Row {
             tgid,
-            comm: format!("p{tgid}"),
-            counts,
+            comm: String::new(),
+            counts: [n; proc::COUNTERS],
         }
     }
 
