@@ -172,11 +172,11 @@ pub mod proc {
 /// are `ProcCache::totals`; `GLOBALS` leaves their slots at zero).
 pub mod global {
     use super::proc;
-    /// Pages written by flusher/sync writeback, by reason: `WRITTEN + reason`
-    /// (reasons 0..WB_REASONS, the kernel's `enum wb_reason`; `WB_REASONS` = not in
-    /// flusher work).
+    /// Pages written back, by reason: `WRITTEN + reason` (the kernel's `enum
+    /// wb_reason` below `WB_REASONS - 1`; the last slot, `WB_REASONS - 1`: writeback
+    /// outside flusher work, started by the calling task).
     pub const WRITTEN: usize = proc::COUNTERS;
-    /// Slots for writeback reasons (the kernel has 10; one more for "none").
+    /// Slots for writeback reasons (the kernel has 10; the last is "caller").
     pub const WB_REASONS: usize = 12;
     /// Pages reclaim wrote out itself (`mm_vmscan_write_folio`), anon and file.
     pub const VMSCAN_WRITE_ANON: usize = WRITTEN + WB_REASONS;
@@ -192,10 +192,8 @@ pub mod global {
     pub const LRU_LISTS: usize = 5;
     /// Folio activations (`mm_lru_activate`).
     pub const LRU_ACTIVATE: usize = LRU_INSERT + LRU_LISTS;
-    /// Dirty limit (`global_dirty_state`: dirty_limit), pages: a gauge, last value.
-    pub const DIRTY_LIMIT: usize = LRU_ACTIVATE + 1;
     /// Number of global slots.
-    pub const SLOTS: usize = DIRTY_LIMIT + 1;
+    pub const SLOTS: usize = LRU_ACTIVATE + 1;
 }
 
 /// Per-NUMA-node counters (`NODES[nid * node::COUNTERS + i]`).

@@ -54,20 +54,30 @@ pub struct Pending {
     pub aux: u64,
 }
 
-pub const PENDING_WP: u32 = 0;
-pub const PENDING_FORK: u32 = 1;
-pub const PENDING_DUP_MMAP: u32 = 2;
-pub const PENDING_DIRECT_RECLAIM: u32 = 3;
-pub const PENDING_MEMCG_RECLAIM: u32 = 4;
-pub const PENDING_WB_WORK: u32 = 5;
-/// The duration of the last `dup_mmap` of this thread, for the fork event.
-pub const PENDING_DUP_MMAP_DONE: u32 = 6;
-/// A `do_writepages` call: (`nr_to_write` at entry, the `writeback_control`).
-pub const PENDING_WRITEPAGES: u32 = 7;
-/// The mapping of that `do_writepages` call, for the device written to.
-pub const PENDING_WRITEPAGES_MAPPING: u32 = 9;
-/// Inside `__writeback_single_inode` (writeback_single_inode_start seen, not yet the end).
-pub const PENDING_SINGLE_INODE: u32 = 8;
+/// What a thread is in the middle of: the low byte of its `PENDING` keys, numbered in
+/// declaration order.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum PendingKind {
+    /// Inside `do_wp_page` (aux: `COPIED` once a new anonymous page was mapped).
+    Wp,
+    /// Inside a fork syscall (aux: the fork kind).
+    Fork,
+    /// Inside `dup_mmap` (or a `copy_page_range` of it).
+    DupMmap,
+    DirectReclaim,
+    MemcgReclaim,
+    /// Inside flusher work (aux: its `wb_reason`).
+    WbWork,
+    /// The duration of the last `dup_mmap` of this thread, for the fork event.
+    DupMmapDone,
+    /// A `do_writepages` call: (`nr_to_write` at entry, the `writeback_control`).
+    Writepages,
+    /// Inside `__writeback_single_inode` (writeback_single_inode_start seen, not yet the end).
+    SingleInode,
+    /// The mapping of that `do_writepages` call, for the device written to.
+    WritepagesMapping,
+}
 
 /// Fork and exit events for the agent's fork episodes.
 #[map]
@@ -78,19 +88,19 @@ pub static EVENTS: aya_ebpf::maps::RingBuf = aya_ebpf::maps::RingBuf::with_byte_
 pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn pending_key(what: u32) -> u64 {
+fn pending_key(what: PendingKind) -> u64 {
     ((bpf_get_current_pid_tgid() & 0xffff_ffff) << 8) | what as u64
 }
 
 /// Records that the current thread entered `what`.
 #[inline(always)]
-pub fn begin(what: u32, aux: u64) {
+pub fn begin(what: PendingKind, aux: u64) {
     stash(what, now(), aux);
 }
 
 /// Records two values for the current thread's `what` (taken back with `take`).
 #[inline(always)]
-pub fn stash(what: u32, a: u64, b: u64) {
+pub fn stash(what: PendingKind, a: u64, b: u64) {
     let p = Pending {
         start_ns: a,
         aux: b,
@@ -100,14 +110,14 @@ pub fn stash(what: u32, a: u64, b: u64) {
 
 /// The pending entry of the current thread for `what`, if any (not removed).
 #[inline(always)]
-pub fn pending(what: u32) -> Option<*mut Pending> {
+pub fn pending(what: PendingKind) -> Option<*mut Pending> {
     PENDING.get_ptr_mut(pending_key(what))
 }
 
 /// Takes the pending entry `what` of the current thread, if any, without counting a
 /// miss: (start ns, aux).
 #[inline(always)]
-pub fn take(what: u32) -> Option<(u64, u64)> {
+pub fn take(what: PendingKind) -> Option<(u64, u64)> {
     let key = pending_key(what);
     let p = PENDING.get_ptr(key)?;
     // SAFETY: a live map value.
@@ -118,7 +128,7 @@ pub fn take(what: u32) -> Option<(u64, u64)> {
 
 /// Ends `what` for the current thread: (elapsed ns, aux), if its start was seen.
 #[inline(always)]
-pub fn end(what: u32) -> Option<(u64, u64)> {
+pub fn end(what: PendingKind) -> Option<(u64, u64)> {
     let key = pending_key(what);
     let p = match PENDING.get_ptr(key) {
         Some(p) => p,

@@ -10,7 +10,7 @@ use crate::{
     collectors::{self, Registry},
     config::{self, Config},
     episodes, notify, privileges,
-    probes::{self, table::Mode, HookOutcome, KernelSupport},
+    probes::{self, HookOutcome, KernelSupport},
     server, Fatal,
 };
 
@@ -185,16 +185,10 @@ pub async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Optio
     let hooks: collectors::bpf::Attached = a
         .outcomes
         .iter()
-        .filter_map(|o| o.chosen.map(|m| (o.hook.name, m)))
+        .filter_map(|o| o.chosen.map(|m| (o.hook.id, m)))
         .collect();
-    let cow = if matches!(hooks.get("do_wp_page"), Some(Mode::Fentry | Mode::Kprobe))
-        && hooks.contains_key("cow_copy")
-    {
-        episodes::CowSource::Copies
-    } else {
-        episodes::CowSource::WriteProtectFaults
-    };
-    let forks = hooks.contains_key("fork_syscalls") && hooks.contains_key("process_exit");
+    let cow = probes::cow::episode_source(&hooks);
+    let forks = probes::fork::episodes_possible(&hooks);
     let mut tracker = None;
     match collectors::bpf::Bpf::new(
         &mut a.ebpf,
@@ -237,10 +231,10 @@ fn start_episodes(
     rows: collectors::bpf::ProcRows,
 ) -> anyhow::Result<Arc<Mutex<episodes::Tracker>>> {
     use tokio::io::unix::AsyncFd;
-    let ring = aya::maps::RingBuf::try_from(
-        ebpf.take_map("EVENTS")
-            .context("map EVENTS missing from the eBPF object")?,
-    )?;
+    let ring =
+        aya::maps::RingBuf::try_from(ebpf.take_map(probes::maps::EVENTS).with_context(|| {
+            format!("map {} missing from the eBPF object", probes::maps::EVENTS)
+        })?)?;
     let tracker = Arc::new(Mutex::new(
         episodes::Tracker::new(&cfg.episodes, cow)
             .with_context(|| format!("opening episodes.log {:?}", cfg.episodes.log))?,

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use memwatch_common::{hist, proc};
 
-use crate::maps::{begin, count, count2, end, observe, pending, raise, PENDING_WP};
+use crate::maps::{begin, count, count2, end, observe, pending, raise, PendingKind};
 
 /// Returns that mean no page was copied: OOM | SIGBUS | HWPOISON | HWPOISON_LARGE |
 /// SIGSEGV | RETRY | FALLBACK | COMPLETED (stable values since 5.x).
@@ -23,7 +23,7 @@ const COPIED: u64 = 1;
 
 #[fentry(function = "do_wp_page")]
 pub fn cow_wp_fentry(_ctx: FEntryContext) -> u32 {
-    begin(PENDING_WP, 0);
+    begin(PendingKind::Wp, 0);
     0
 }
 
@@ -37,7 +37,7 @@ pub fn cow_wp_fexit(ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn cow_wp_kprobe(_ctx: ProbeContext) -> u32 {
-    begin(PENDING_WP, 0);
+    begin(PendingKind::Wp, 0);
     0
 }
 
@@ -50,7 +50,7 @@ pub fn cow_wp_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_wp_done(ret: u32) {
-    let Some((ns, aux)) = end(PENDING_WP) else {
+    let Some((ns, aux)) = end(PendingKind::Wp) else {
         return;
     };
     count2(proc::WP_CALLS, 1, proc::WP_NS, ns);
@@ -81,7 +81,7 @@ pub fn cow_copy_kprobe(_ctx: ProbeContext) -> u32 {
 /// while this thread is inside do_wp_page is a copy.
 #[inline(always)]
 fn mark_copied() {
-    if let Some(p) = pending(PENDING_WP) {
+    if let Some(p) = pending(PendingKind::Wp) {
         // SAFETY: a live map value of this thread's pending do_wp_page.
         unsafe { (*p).aux |= COPIED };
     }

@@ -16,7 +16,7 @@ use memwatch_common::{hist, proc, Event, COMM_LEN, EVENT_EXIT, EVENT_FORK};
 
 use crate::maps::{
     begin, count, count2, end, field, flush_if, now, observe, observe_keyed, pending, take, tgid,
-    EVENTS, PENDING_DUP_MMAP, PENDING_DUP_MMAP_DONE, PENDING_FORK,
+    PendingKind, EVENTS,
 };
 
 /// Offset of `exit_code` in `struct task_struct` (from kernel BTF; 0: unknown).
@@ -50,8 +50,8 @@ fn kind_of(flags: u64) -> u64 {
 /// A fork syscall begins: its address-space copy time starts from zero.
 #[inline(always)]
 fn fork_begins(kind: u64) {
-    let _ = take(PENDING_DUP_MMAP_DONE);
-    begin(PENDING_FORK, kind);
+    let _ = take(PendingKind::DupMmapDone);
+    begin(PendingKind::Fork, kind);
 }
 
 #[tracepoint]
@@ -95,13 +95,13 @@ pub fn fork_exit(ctx: TracePointContext) -> u32 {
         // The child's return: it never entered.
         return 0;
     }
-    let Some((ns, kind)) = end(PENDING_FORK) else {
+    let Some((ns, kind)) = end(PendingKind::Fork) else {
         return 0;
     };
     if ret < 0 {
         return 0;
     }
-    let dup_mmap_ns = take(PENDING_DUP_MMAP_DONE).map_or(0, |(_, ns)| ns);
+    let dup_mmap_ns = take(PendingKind::DupMmapDone).map_or(0, |(_, ns)| ns);
     if dup_mmap_ns > 0 {
         observe(hist::DUP_MMAP, dup_mmap_ns);
     }
@@ -129,7 +129,7 @@ pub fn fork_exit(ctx: TracePointContext) -> u32 {
 
 #[fentry(function = "dup_mmap")]
 pub fn fork_dup_mmap_fentry(_ctx: FEntryContext) -> u32 {
-    begin(PENDING_DUP_MMAP, 0);
+    begin(PendingKind::DupMmap, 0);
     0
 }
 
@@ -141,7 +141,7 @@ pub fn fork_dup_mmap_fexit(_ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn fork_dup_mmap_kprobe(_ctx: ProbeContext) -> u32 {
-    begin(PENDING_DUP_MMAP, 0);
+    begin(PendingKind::DupMmap, 0);
     0
 }
 
@@ -152,15 +152,15 @@ pub fn fork_dup_mmap_kretprobe(_ctx: RetProbeContext) -> u32 {
 }
 
 /// One address-space copy call returned: its time adds to the fork's (`Pending::aux`
-/// of `PENDING_DUP_MMAP_DONE`), recorded in the histogram when the fork returns.
+/// of `PendingKind::DupMmapDone`), recorded in the histogram when the fork returns.
 #[inline(always)]
 fn dup_mmap_done() {
-    if let Some((ns, _)) = end(PENDING_DUP_MMAP) {
+    if let Some((ns, _)) = end(PendingKind::DupMmap) {
         count(proc::DUP_MMAP_NS, ns);
-        match pending(PENDING_DUP_MMAP_DONE) {
+        match pending(PendingKind::DupMmapDone) {
             // SAFETY: a live map value of this thread's pending fork.
             Some(p) => unsafe { (*p).aux += ns },
-            None => begin(PENDING_DUP_MMAP_DONE, ns),
+            None => begin(PendingKind::DupMmapDone, ns),
         }
     }
 }

@@ -5,8 +5,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use memwatch_common::{global, hist, node, proc};
 
 use crate::maps::{
-    add, begin, count, count2, end, field, inc, node_add, observe, GLOBALS, PENDING_DIRECT_RECLAIM,
-    PENDING_MEMCG_RECLAIM,
+    add, begin, count, count2, end, field, inc, node_add, observe, PendingKind, GLOBALS,
 };
 
 crate::offsets! {
@@ -19,7 +18,7 @@ crate::offsets! {
 
 #[tracepoint]
 pub fn reclaim_direct_begin(_ctx: TracePointContext) -> u32 {
-    begin(PENDING_DIRECT_RECLAIM, 0);
+    begin(PendingKind::DirectReclaim, 0);
     0
 }
 
@@ -27,7 +26,7 @@ pub fn reclaim_direct_begin(_ctx: TracePointContext) -> u32 {
 pub fn reclaim_direct_end(ctx: TracePointContext) -> u32 {
     reclaim_done(
         &ctx,
-        PENDING_DIRECT_RECLAIM,
+        PendingKind::DirectReclaim,
         hist::DIRECT_RECLAIM,
         [
             proc::DIRECT_RECLAIM_COUNT,
@@ -40,7 +39,7 @@ pub fn reclaim_direct_end(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn reclaim_memcg_begin(_ctx: TracePointContext) -> u32 {
-    begin(PENDING_MEMCG_RECLAIM, 0);
+    begin(PendingKind::MemcgReclaim, 0);
     0
 }
 
@@ -48,7 +47,7 @@ pub fn reclaim_memcg_begin(_ctx: TracePointContext) -> u32 {
 pub fn reclaim_memcg_end(ctx: TracePointContext) -> u32 {
     reclaim_done(
         &ctx,
-        PENDING_MEMCG_RECLAIM,
+        PendingKind::MemcgReclaim,
         hist::MEMCG_RECLAIM,
         [
             proc::MEMCG_RECLAIM_COUNT,
@@ -61,7 +60,7 @@ pub fn reclaim_memcg_end(ctx: TracePointContext) -> u32 {
 
 /// Counts one finished reclaim: [episodes, ns, pages] counters.
 #[inline(always)]
-fn reclaim_done(ctx: &TracePointContext, what: u32, h: u32, counters: [usize; 3]) {
+fn reclaim_done(ctx: &TracePointContext, what: PendingKind, h: u32, counters: [usize; 3]) {
     let Some((ns, _)) = end(what) else {
         return;
     };

@@ -32,8 +32,7 @@ use aya_ebpf::{macros::map, maps::LruHashMap};
 
 use crate::maps::{
     add, begin, count, count2, end, field, flags_of, folio_pages, keyed_add, observe,
-    observe_keyed, pending, stash, take, GLOBALS, PENDING_SINGLE_INODE, PENDING_WB_WORK,
-    PENDING_WRITEPAGES, PENDING_WRITEPAGES_MAPPING,
+    observe_keyed, pending, stash, take, PendingKind, GLOBALS,
 };
 
 crate::offsets! {
@@ -135,14 +134,14 @@ pub fn wb_dirty(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn wb_start(ctx: TracePointContext) -> u32 {
     if let Ok(reason) = field::<i32>(&ctx, &OFF_WB_START_REASON) {
-        begin(PENDING_WB_WORK, reason as u64);
+        begin(PendingKind::WbWork, reason as u64);
     }
     0
 }
 
 #[tracepoint]
 pub fn wb_written(_ctx: TracePointContext) -> u32 {
-    let _ = end(PENDING_WB_WORK);
+    let _ = end(PendingKind::WbWork);
     0
 }
 
@@ -151,7 +150,7 @@ pub fn wb_written(_ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn wb_reason() -> u32 {
     let mut reason = (global::WB_REASONS - 1) as u32;
-    if let Some(p) = pending(PENDING_WB_WORK) {
+    if let Some(p) = pending(PendingKind::WbWork) {
         // SAFETY: a live map value.
         let r = unsafe { (*p).aux } as u32;
         if (r as usize) < global::WB_REASONS - 1 {
@@ -194,13 +193,13 @@ pub fn wb_single_inode_device(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn wb_single_inode_start(_ctx: TracePointContext) -> u32 {
-    stash(PENDING_SINGLE_INODE, 0, 0);
+    stash(PendingKind::SingleInode, 0, 0);
     0
 }
 
 #[tracepoint]
 pub fn wb_single_inode_end(_ctx: TracePointContext) -> u32 {
-    let _ = take(PENDING_SINGLE_INODE);
+    let _ = take(PendingKind::SingleInode);
     0
 }
 
@@ -209,7 +208,7 @@ pub fn wb_single_inode_end(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn wb_ext4_written(ctx: TracePointContext) -> u32 {
     // Inside a do_writepages that is hooked, that program counts these pages.
-    if pending(PENDING_WRITEPAGES).is_some() || pending(PENDING_SINGLE_INODE).is_some() {
+    if pending(PendingKind::Writepages).is_some() || pending(PendingKind::SingleInode).is_some() {
         return 0;
     }
     if let Ok(n) = field::<i32>(&ctx, &OFF_EXT4_PAGES_WRITTEN) {
@@ -237,8 +236,8 @@ fn nr_to_write(wbc: u64) -> Option<i64> {
 #[inline(always)]
 fn writepages_begin(mapping: u64, wbc: u64) {
     if let Some(n) = nr_to_write(wbc) {
-        stash(PENDING_WRITEPAGES, n as u64, wbc);
-        stash(PENDING_WRITEPAGES_MAPPING, mapping, 0);
+        stash(PendingKind::Writepages, n as u64, wbc);
+        stash(PendingKind::WritepagesMapping, mapping, 0);
     }
 }
 
@@ -246,8 +245,8 @@ fn writepages_begin(mapping: u64, wbc: u64) {
 /// or folio submitted; `writeback_single_inode`'s `wrote` is the same difference).
 #[inline(always)]
 fn writepages_done() {
-    let mapping = take(PENDING_WRITEPAGES_MAPPING).map_or(0, |(m, _)| m);
-    let Some((before, wbc)) = take(PENDING_WRITEPAGES) else {
+    let mapping = take(PendingKind::WritepagesMapping).map_or(0, |(m, _)| m);
+    let Some((before, wbc)) = take(PendingKind::Writepages) else {
         return;
     };
     let Some(after) = nr_to_write(wbc) else {

@@ -33,13 +33,24 @@ pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// Indices of the `n` rows with the largest `score`, largest first (ties by tgid).
-pub fn top_n(rows: &[Row], n: usize, score: impl Fn(&Row) -> u64) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| score(&rows[i]) > 0).collect();
+/// Indices of the `n` items with the largest `score`, largest first, ties in `tie`'s
+/// order (processes by tgid, cgroups by path); items scoring zero are left out unless
+/// `keep_zero`. What the rest add up to goes in an `other` row.
+pub fn top_n<T>(
+    items: &[T],
+    n: usize,
+    score: impl Fn(&T) -> u64,
+    tie: impl Fn(&T, &T) -> std::cmp::Ordering,
+    keep_zero: bool,
+) -> Vec<usize> {
+    let scores: Vec<u64> = items.iter().map(&score).collect();
+    let mut idx: Vec<usize> = (0..items.len())
+        .filter(|&i| keep_zero || scores[i] > 0)
+        .collect();
     idx.sort_by(|&a, &b| {
-        score(&rows[b])
-            .cmp(&score(&rows[a]))
-            .then(rows[a].tgid.cmp(&rows[b].tgid))
+        scores[b]
+            .cmp(&scores[a])
+            .then_with(|| tie(&items[a], &items[b]))
     });
     idx.truncate(n);
     idx
@@ -141,9 +152,14 @@ mod tests {
 
     #[test]
     fn top_n_orders_and_skips_zero() {
-        let rows = vec![row(1, 5), row(2, 50), row(3, 0), row(4, 7)];
-        assert_eq!(top_n(&rows, 2, |r| r.counts[0]), vec![1, 3]);
-        assert_eq!(top_n(&rows, 10, |r| r.counts[0]).len(), 3);
+        let rows = vec![row(1, 5), row(2, 50), row(3, 0), row(4, 7), row(0, 7)];
+        let by_tgid = |a: &Row, b: &Row| a.tgid.cmp(&b.tgid);
+        assert_eq!(
+            top_n(&rows, 3, |r| r.counts[0], by_tgid, false),
+            vec![1, 4, 3]
+        );
+        assert_eq!(top_n(&rows, 10, |r| r.counts[0], by_tgid, false).len(), 4);
+        assert_eq!(top_n(&rows, 10, |r| r.counts[0], by_tgid, true)[4], 2);
     }
 
     #[test]

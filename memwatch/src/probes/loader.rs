@@ -51,21 +51,9 @@ pub fn attach_all(
     explore: bool,
 ) -> Vec<HookOutcome> {
     let mode = probes.mode;
-    // Selected hooks, plus the hooks their tracepoint rungs are fed by.
-    let wanted = |hook: &Hook| {
-        probes.wants(hook.family, hook.name)
-            || HOOKS.iter().any(|h| {
-                probes.wants(h.family, h.name)
-                    && h.rungs.iter().any(|r| {
-                        r.attach
-                            .iter()
-                            .any(|a| matches!(a, Attach::Shared { hook: x } if *x == hook.name))
-                    })
-            })
-    };
     let mut outcomes: Vec<HookOutcome> = Vec::new();
     for hook in HOOKS {
-        if !wanted(hook) {
+        if !wanted(probes, hook) {
             log::debug!(
                 "{}/{}: not selected by probes.hooks",
                 hook.family,
@@ -115,27 +103,7 @@ pub fn attach_all(
                 skipped: false,
             });
         }
-        match chosen {
-            Some(m) => {
-                let picked = attempts
-                    .iter()
-                    .find(|a| a.mode == m)
-                    .and_then(|a| a.result.as_ref().ok())
-                    .map(|p| on_functions(p))
-                    .unwrap_or_default();
-                log::info!("probe {}/{}: {m}{picked}", hook.family, hook.name)
-            }
-            None => log::warn!(
-                "probe {}/{}: no rung attached ({}); its metrics will be absent",
-                hook.family,
-                hook.name,
-                attempts
-                    .iter()
-                    .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.mode)))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        }
+        log_outcome(hook, chosen, &attempts);
         outcomes.push(HookOutcome {
             hook,
             attempts,
@@ -143,6 +111,44 @@ pub fn attach_all(
         });
     }
     outcomes
+}
+
+/// Whether a hook is selected by `probes.hooks`, or feeds a selected hook's rung.
+fn wanted(probes: &crate::config::Probes, hook: &Hook) -> bool {
+    probes.wants(hook.family, hook.name)
+        || HOOKS.iter().any(|h| {
+            probes.wants(h.family, h.name)
+                && h.rungs.iter().any(|r| {
+                    r.attach
+                        .iter()
+                        .any(|a| matches!(a, Attach::Shared { hook: x } if *x == hook.id))
+                })
+        })
+}
+
+/// The one line a hook's ladder walk logs: the rung it runs on, or why none.
+fn log_outcome(hook: &Hook, chosen: Option<Mode>, attempts: &[Attempt]) {
+    match chosen {
+        Some(m) => {
+            let picked = attempts
+                .iter()
+                .find(|a| a.mode == m)
+                .and_then(|a| a.result.as_ref().ok())
+                .map(|p| on_functions(p))
+                .unwrap_or_default();
+            log::info!("probe {}/{}: {m}{picked}", hook.family, hook.name)
+        }
+        None => log::warn!(
+            "probe {}/{}: no rung attached ({}); its metrics will be absent",
+            hook.family,
+            hook.name,
+            attempts
+                .iter()
+                .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.mode)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// " (on a, b)" for the alternatives taken (functions, `FirstOf` picks), "" for none.
@@ -225,7 +231,7 @@ fn attach_one(
         _ => r.map(|()| None),
     };
     match *attach {
-        Attach::Shared { hook } => match done.iter().find(|o| o.hook.name == hook) {
+        Attach::Shared { hook } => match done.iter().find(|o| o.hook.id == hook) {
             Some(o) if o.chosen.is_some() => Ok(None),
             _ => Err(format!("fed by hook {hook}, which did not attach")),
         },

@@ -1,7 +1,20 @@
-//! Loading the eBPF object and walking the probe ladder.
+//! Loading the eBPF object and walking the probe ladder. One module per probe area
+//! (`faults`, `cow`, `fork`, `writeback`, `reclaim`, `lru`, as in
+//! `memwatch-ebpf/src/probes/`) holds its hooks and the metrics they feed; `table`
+//! joins them.
 
+pub mod catalogue;
+pub mod cow;
+pub mod faults;
+pub mod fork;
 pub mod loader;
+pub mod lru;
+pub mod reclaim;
 pub mod table;
+pub mod writeback;
+
+#[cfg(test)]
+mod object_tests;
 
 use std::path::Path;
 
@@ -12,7 +25,96 @@ use crate::{config::Config, tracefs::Tracefs};
 pub use loader::{attach_all, HookOutcome};
 
 /// The eBPF object built from `memwatch-ebpf` by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memwatch"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memwatch"));
+
+/// The maps the agent takes from the object by name.
+pub mod maps {
+    pub const GLOBALS: &str = "GLOBALS";
+    pub const STATS: &str = "STATS";
+    pub const HISTS: &str = "HISTS";
+    pub const NODES: &str = "NODES";
+    pub const PROCS: &str = "PROCS";
+    pub const PROC_CACHE: &str = "PROC_CACHE";
+    pub const READING: &str = "READING";
+    pub const KEYED_HISTS: &str = "KEYED_HISTS";
+    pub const DEVICES: &str = "DEVICES";
+    /// Taken in `main.rs`'s `start_episodes`, still by its literal name there (for the
+    /// split of main.rs to switch).
+    #[allow(dead_code)]
+    pub const EVENTS: &str = "EVENTS";
+    /// Every map the agent takes (checked against the object in `object_tests`).
+    #[cfg(test)]
+    pub const ALL: &[&str] = &[
+        GLOBALS,
+        STATS,
+        HISTS,
+        NODES,
+        PROCS,
+        PROC_CACHE,
+        READING,
+        KEYED_HISTS,
+        DEVICES,
+        EVENTS,
+    ];
+}
+
+/// A program global the agent sets at load time, and its size in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Global {
+    pub name: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub size: usize,
+}
+
+impl Global {
+    const fn u32(name: &'static str) -> Self {
+        Self { name, size: 4 }
+    }
+}
+
+/// The globals `load_object` sets besides the tracepoints' field offsets (those are
+/// named by the hook table, `Attach::Tracepoint::fields`).
+pub mod globals {
+    use super::Global;
+    pub const NS_PER_JIFFY: Global = Global {
+        name: "NS_PER_JIFFY",
+        size: 8,
+    };
+    pub const FOLIO_ORDER_KNOWN: Global = Global::u32("FOLIO_ORDER_KNOWN");
+    pub const FOLIO_HEAD_BIT: Global = Global::u32("FOLIO_HEAD_BIT");
+    pub const FOLIO_ORDER_OFFSET: Global = Global::u32("FOLIO_ORDER_OFFSET");
+    pub const PG_ACTIVE: Global = Global::u32("PG_ACTIVE");
+    pub const PG_UNEVICTABLE: Global = Global::u32("PG_UNEVICTABLE");
+    pub const PG_SWAPBACKED: Global = Global::u32("PG_SWAPBACKED");
+    pub const BDI_PATH_KNOWN: Global = Global::u32("BDI_PATH_KNOWN");
+    pub const OFF_MAPPING_HOST: Global = Global::u32("OFF_MAPPING_HOST");
+    pub const OFF_INODE_SB: Global = Global::u32("OFF_INODE_SB");
+    pub const OFF_SB_BDI: Global = Global::u32("OFF_SB_BDI");
+    pub const OFF_BDI_DEV: Global = Global::u32("OFF_BDI_DEV");
+    pub const OFF_BDI_DEV_NAME: Global = Global::u32("OFF_BDI_DEV_NAME");
+    pub const TASK_EXIT_CODE_OFFSET: Global = Global::u32("TASK_EXIT_CODE_OFFSET");
+    pub const WBC_NR_TO_WRITE_OFFSET: Global = Global::u32("WBC_NR_TO_WRITE_OFFSET");
+    /// Every one of them (checked against the object in `object_tests`).
+    #[cfg(test)]
+    pub const ALL: &[Global] = &[
+        NS_PER_JIFFY,
+        FOLIO_ORDER_KNOWN,
+        FOLIO_HEAD_BIT,
+        FOLIO_ORDER_OFFSET,
+        PG_ACTIVE,
+        PG_UNEVICTABLE,
+        PG_SWAPBACKED,
+        BDI_PATH_KNOWN,
+        OFF_MAPPING_HOST,
+        OFF_INODE_SB,
+        OFF_SB_BDI,
+        OFF_BDI_DEV,
+        OFF_BDI_DEV_NAME,
+        TASK_EXIT_CODE_OFFSET,
+        WBC_NR_TO_WRITE_OFFSET,
+    ];
+}
 
 /// What the kernel offers, probed once before any program loads.
 pub struct KernelSupport {
@@ -154,9 +256,9 @@ pub fn kernel_hz() -> u64 {
     250
 }
 
-/// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
-/// of this kernel and the configured table sizes.
-pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
+/// The offsets (global, offset) of the record fields the table's tracepoints read, on
+/// this kernel (a tracepoint that can't be resolved is left out, logged).
+fn tracepoint_offsets(support: &KernelSupport) -> Offsets {
     let mut offsets: Offsets = Vec::new();
     if let Ok(tracefs) = &support.tracefs {
         for hook in table::HOOKS {
@@ -182,13 +284,20 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
             }
         }
     }
+    offsets
+}
+
+/// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
+/// of this kernel and the configured table sizes.
+pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
+    let offsets = tracepoint_offsets(support);
     let ns_per_jiffy: u64 = 1_000_000_000 / kernel_hz();
     let mut loader = EbpfLoader::new();
     for (global, offset) in &offsets {
         log::debug!("{global} = {offset}");
         loader.override_global(global, offset, true);
     }
-    loader.override_global("NS_PER_JIFFY", &ns_per_jiffy, true);
+    loader.override_global(globals::NS_PER_JIFFY.name, &ns_per_jiffy, true);
     // Folio sizes, so LRU and dirty-page events count pages like /proc/vmstat does.
     let btf = support.layouts.as_ref();
     let folio = btf
@@ -207,9 +316,9 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     let (head_bit, order_offset) = folio
         .as_ref()
         .map_or((0, 0), |l| (l.head_bit, l.order_offset));
-    loader.override_global("FOLIO_ORDER_KNOWN", &folio_known, true);
-    loader.override_global("FOLIO_HEAD_BIT", &head_bit, true);
-    loader.override_global("FOLIO_ORDER_OFFSET", &order_offset, true);
+    loader.override_global(globals::FOLIO_ORDER_KNOWN.name, &folio_known, true);
+    loader.override_global(globals::FOLIO_HEAD_BIT.name, &head_bit, true);
+    loader.override_global(globals::FOLIO_ORDER_OFFSET.name, &order_offset, true);
     // For the raw tracepoint programs that read kernel objects (attached only when
     // these are known, see `Attach::RawTracepoint::btf`).
     let raw = support.raw_layouts();
@@ -218,19 +327,19 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
     }
     let raw_globals = raw.as_ref().ok().map(|(bits, path)| {
         [
-            ("PG_ACTIVE", bits.active),
-            ("PG_UNEVICTABLE", bits.unevictable),
-            ("PG_SWAPBACKED", bits.swapbacked),
-            ("BDI_PATH_KNOWN", 1),
-            ("OFF_MAPPING_HOST", path.mapping_host),
-            ("OFF_INODE_SB", path.inode_sb),
-            ("OFF_SB_BDI", path.sb_bdi),
-            ("OFF_BDI_DEV", path.bdi_dev),
-            ("OFF_BDI_DEV_NAME", path.bdi_dev_name),
+            (globals::PG_ACTIVE, bits.active),
+            (globals::PG_UNEVICTABLE, bits.unevictable),
+            (globals::PG_SWAPBACKED, bits.swapbacked),
+            (globals::BDI_PATH_KNOWN, 1),
+            (globals::OFF_MAPPING_HOST, path.mapping_host),
+            (globals::OFF_INODE_SB, path.inode_sb),
+            (globals::OFF_SB_BDI, path.sb_bdi),
+            (globals::OFF_BDI_DEV, path.bdi_dev),
+            (globals::OFF_BDI_DEV_NAME, path.bdi_dev_name),
         ]
     });
-    for (name, value) in raw_globals.iter().flatten() {
-        loader.override_global(name, value, true);
+    for (global, value) in raw_globals.iter().flatten() {
+        loader.override_global(global.name, value, true);
     }
     // Where a task keeps its exit status, for fork episodes.
     let exit_code_offset: u32 = btf
@@ -238,15 +347,19 @@ pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf
         .ok()
         .and_then(|b| b.member("task_struct", "exit_code"))
         .map_or(0, |(off, _)| off);
-    loader.override_global("TASK_EXIT_CODE_OFFSET", &exit_code_offset, true);
+    loader.override_global(globals::TASK_EXIT_CODE_OFFSET.name, &exit_code_offset, true);
     // What do_writepages has left to write, for the pages written back.
     let nr_to_write_offset: u32 = btf
         .as_ref()
         .ok()
         .and_then(|b| b.member("writeback_control", "nr_to_write"))
         .map_or(u32::MAX, |(off, _)| off);
-    loader.override_global("WBC_NR_TO_WRITE_OFFSET", &nr_to_write_offset, true);
-    loader.map_max_entries("PROCS", cfg.tables.process_max_entries);
+    loader.override_global(
+        globals::WBC_NR_TO_WRITE_OFFSET.name,
+        &nr_to_write_offset,
+        true,
+    );
+    loader.map_max_entries(maps::PROCS, cfg.tables.process_max_entries);
     loader.load(OBJECT).context(
         "loading the eBPF object (creating its maps) failed: check that memwatch runs as root \
          or with CAP_BPF and CAP_PERFMON, and that RLIMIT_MEMLOCK is not too low",

@@ -1,0 +1,136 @@
+//! The eBPF programs' counters, read from their maps at scrape time: read the maps
+//! (`read`), age the process rows (`age`), render what the attached hooks feed
+//! (`render`, from the probe areas' catalogue). What the collector asks the running
+//! system (names, liveness, cgroups, nodes) is in `system`.
+
+mod age;
+#[cfg(test)]
+mod golden_tests;
+mod read;
+mod render;
+mod system;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use aya::Ebpf;
+use prometheus::proto::MetricFamily;
+
+use super::{attribution::Hierarchy, Collector};
+pub use crate::probes::catalogue::Attached;
+use crate::probes::catalogue::Counters;
+use age::Liveness;
+use read::{Maps, ProcTable};
+use render::Snapshot;
+
+/// The maps this collector reads, taken out of the loaded object.
+pub struct Bpf {
+    maps: Maps,
+    procs: Arc<Mutex<ProcTable>>,
+    attached: Attached,
+    hierarchy: Hierarchy,
+    top_n: usize,
+    max_entries: u32,
+    page_size: u64,
+    liveness: Mutex<Liveness>,
+}
+
+impl Bpf {
+    pub fn new(
+        ebpf: &mut Ebpf,
+        attached: Attached,
+        top_n: usize,
+        max_entries: u32,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            maps: Maps::take(ebpf)?,
+            procs: Arc::new(Mutex::new(ProcTable::take(ebpf)?)),
+            attached,
+            hierarchy: system::hierarchy(),
+            top_n,
+            max_entries,
+            page_size: system::page_size(),
+            liveness: Mutex::new(Liveness::default()),
+        })
+    }
+
+    /// A reader of single process rows, for fork episodes.
+    pub fn rows(&self) -> ProcRows {
+        ProcRows(self.procs.clone())
+    }
+
+    /// Reads the maps and ages the process rows: what one scrape renders.
+    fn read(&self, live: &mut Liveness) -> anyhow::Result<Snapshot> {
+        // Tables first, then the global counters: the globals only grow, so they are
+        // never behind the rows read before them (the per-process counters' globals
+        // come with the caches, read after the table).
+        let (rows, totals, inconsistent) = {
+            let mut table = self.procs.lock().expect("procs lock");
+            let (rows, totals) = table.read()?;
+            let rows = live.age(rows, Instant::now(), system::alive, |t| table.remove(t));
+            (rows, totals, table.inconsistent())
+        };
+        let mut globals = self.maps.globals()?;
+        for (g, t) in globals.iter_mut().zip(totals) {
+            *g += t;
+        }
+        let keyed = self.maps.keyed()?;
+        let hists = self.maps.hists(render::hists_wanted(&self.attached))?;
+        let devices = self.maps.devices()?;
+        let node_vals = self.maps.node_vals()?;
+        let stats = self.maps.stats()?;
+        let hierarchy = &self.hierarchy;
+        live.cgroups
+            .update(&rows, |pid| system::cgroup_of(hierarchy, pid));
+        let mut s = Snapshot {
+            rows,
+            cgroups: live.cgroups.totals.clone(),
+            counters: Counters {
+                globals,
+                nodes: system::online_nodes(),
+                node_vals,
+                devices,
+                page_size: self.page_size,
+            },
+            hists,
+            keyed,
+            stats,
+            deleted: live.deleted,
+            inconsistent,
+            max_entries: self.max_entries,
+        };
+        // Only the names of the processes shown are looked up; a live process's
+        // current name wins over the one the kernel kept.
+        for i in render::shown(&s.rows, &self.attached, self.top_n) {
+            if let Some(c) = system::comm_of(s.rows[i].tgid) {
+                s.rows[i].comm = c;
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Reads single rows of the per-process table.
+#[derive(Clone)]
+pub struct ProcRows(Arc<Mutex<ProcTable>>);
+
+impl crate::episodes::RowSource for ProcRows {
+    fn row(&self, tgid: u32) -> Option<crate::episodes::Counts> {
+        self.0.lock().expect("procs lock").row(tgid)
+    }
+}
+
+impl Collector for Bpf {
+    fn name(&self) -> &'static str {
+        "bpf"
+    }
+
+    fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut live = self.liveness.lock().expect("state lock");
+        let snapshot = self.read(&mut live)?;
+        out.extend(render::render(&snapshot, &self.attached, self.top_n));
+        Ok(())
+    }
+}
