@@ -171,7 +171,12 @@ fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> Str
     let mut s = format!("memwatch probes: kernel {kernel}, --probe-mode={mode}\n");
     for o in outcomes {
         let picked = o.chosen.map_or("none".to_string(), |m| m.to_string());
-        let _ = writeln!(s, "\n{}/{}: run uses {picked}", o.hook.family, o.hook.name);
+        let _ = writeln!(
+            s,
+            "\n{}/{}: run uses {picked}",
+            o.hook.family(),
+            o.hook.name()
+        );
         for rung in Mode::ALL {
             let Some(def) = o.hook.rungs.iter().find(|r| r.mode == rung) else {
                 let _ = writeln!(s, "  {:<11} -   no such rung for this hook", rung.as_str());

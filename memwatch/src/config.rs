@@ -320,7 +320,7 @@ impl Config {
         let known = |h: &String| {
             crate::probes::table::HOOKS
                 .iter()
-                .any(|k| k.name == h || k.family == h)
+                .any(|k| k.name() == h || k.family() == h)
         };
         if let Some(bad) = self.probes.hooks.iter().find(|h| !known(h)) {
             return Err(ConfigError::Invalid(format!(

@@ -32,15 +32,15 @@ impl Collector for ProbeInfo {
         for o in &self.outcomes {
             let labels = |mode| {
                 [
-                    ("family", o.hook.family),
-                    ("hook", o.hook.name),
+                    ("family", o.hook.family()),
+                    ("hook", o.hook.name()),
                     ("mode", mode),
                 ]
             };
             info.sample(&labels(o.chosen.map_or("none", |m| m.as_str())), 1.0);
             let worse = o.chosen != Some(o.best_mode());
             degraded.sample(
-                &[("family", o.hook.family), ("hook", o.hook.name)],
+                &[("family", o.hook.family()), ("hook", o.hook.name())],
                 if worse { 1.0 } else { 0.0 },
             );
         }

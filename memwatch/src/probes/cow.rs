@@ -8,21 +8,37 @@ use prometheus::proto::MetricFamily;
 
 use super::{
     catalogue::{series, Attached, Counters, Custom, Feeds, Hist, Metric, When},
+    faults,
     faults::{fault_cols, TP_NEEDS_PF},
     table::{fentry, kprobe, tracepoint, Area, Attach, Hook, HookId, KPROBE_LOSES},
 };
 use crate::{episodes::CowSource, metrics::Family};
 
-const FAMILY: &str = "cow";
-
 /// Where a copy-on-write copy maps its new page (6.3+, then older kernels).
 const NEW_ANON_RMAP: &str = "folio_add_new_anon_rmap|page_add_new_anon_rmap";
 
+/// The hooks of this area (`HookId::Cow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Id {
+    DoWpPage,
+    CowCopy,
+    DoHugePmdWpPage,
+}
+
+impl Id {
+    /// The name exported in `memwatch_probe_info{hook}` and matched by `probes.hooks`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Id::DoWpPage => "do_wp_page",
+            Id::CowCopy => "cow_copy",
+            Id::DoHugePmdWpPage => "do_huge_pmd_wp_page",
+        }
+    }
+}
+
 pub const HOOKS: &[Hook] = &[
     Hook {
-        family: FAMILY,
-        id: HookId::DoWpPage,
-        name: HookId::DoWpPage.as_str(),
+        id: HookId::Cow(Id::DoWpPage),
         rungs: &[
             fentry(&[
                 Attach::Fentry {
@@ -49,7 +65,7 @@ pub const HOOKS: &[Hook] = &[
             ),
             tracepoint(
                 &[Attach::Shared {
-                    hook: HookId::PageFault,
+                    hook: HookId::Faults(faults::Id::PageFault),
                 }],
                 TP_NEEDS_PF,
                 "copies versus reuses and the fault latency: counts write faults on present \
@@ -58,9 +74,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::CowCopy,
-        name: HookId::CowCopy.as_str(),
+        id: HookId::Cow(Id::CowCopy),
         rungs: &[
             fentry(&[Attach::Fentry {
                 program: "cow_copy_fentry",
@@ -76,9 +90,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::DoHugePmdWpPage,
-        name: HookId::DoHugePmdWpPage.as_str(),
+        id: HookId::Cow(Id::DoHugePmdWpPage),
         rungs: &[
             fentry(&[Attach::Fentry {
                 program: "cow_thp_fentry",
@@ -97,8 +109,8 @@ pub const HOOKS: &[Hook] = &[
 
 /// Copies and reuses are told apart: `do_wp_page` on a function rung, and the copies.
 const COPIES: When = When::All(&[
-    When::FunctionRung(HookId::DoWpPage),
-    When::Attached(HookId::CowCopy),
+    When::FunctionRung(HookId::Cow(Id::DoWpPage)),
+    When::Attached(HookId::Cow(Id::CowCopy)),
 ]);
 
 pub const AREA: Area = Area {
@@ -112,7 +124,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &fault_cols(fault::KIND_WRITE_PROTECT))],
                 scale: 1.0,
-                when: When::TracepointRung(HookId::DoWpPage),
+                when: When::TracepointRung(HookId::Cow(Id::DoWpPage)),
             },
             Metric {
                 name: "wp_faults_total",
@@ -120,7 +132,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::WP_CALLS])],
                 scale: 1.0,
-                when: When::FunctionRung(HookId::DoWpPage),
+                when: When::FunctionRung(HookId::Cow(Id::DoWpPage)),
             },
             Metric {
                 name: "wp_fault_seconds_total",
@@ -128,7 +140,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::WP_NS])],
                 scale: 1e-9,
-                when: When::FunctionRung(HookId::DoWpPage),
+                when: When::FunctionRung(HookId::Cow(Id::DoWpPage)),
             },
             Metric {
                 name: "cow_copies_total",
@@ -153,7 +165,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::THP_WP_FAULTS])],
                 scale: 1.0,
-                when: When::Attached(HookId::DoHugePmdWpPage),
+                when: When::Attached(HookId::Cow(Id::DoHugePmdWpPage)),
             },
         ],
         // On the tracepoint rung there are no durations.
@@ -162,7 +174,7 @@ pub const AREA: Area = Area {
             name: "memwatch_wp_fault_duration_seconds",
             help: "Duration of write-protect fault handling (do_wp_page), copies included.",
             sum_col: proc::WP_NS,
-            when: When::FunctionRung(HookId::DoWpPage),
+            when: When::FunctionRung(HookId::Cow(Id::DoWpPage)),
         }],
         custom: &[Custom {
             when: COPIES,

@@ -11,16 +11,29 @@ use super::{
 };
 use crate::metrics::Family;
 
-const FAMILY: &str = "faults";
-
 /// What a rung fed by the page-fault tracepoints needs.
 pub(super) const TP_NEEDS_PF: &str = "exceptions:page_fault_user tracepoint (x86)";
 
+/// The hooks of this area (`HookId::Faults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Id {
+    PageFault,
+    HandleMmFault,
+}
+
+impl Id {
+    /// The name exported in `memwatch_probe_info{hook}` and matched by `probes.hooks`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Id::PageFault => "page_fault",
+            Id::HandleMmFault => "handle_mm_fault",
+        }
+    }
+}
+
 pub const HOOKS: &[Hook] = &[
     Hook {
-        family: FAMILY,
-        id: HookId::PageFault,
-        name: HookId::PageFault.as_str(),
+        id: HookId::Faults(Id::PageFault),
         rungs: &[tracepoint(
             &[
                 Attach::FirstOf(&[
@@ -54,9 +67,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::HandleMmFault,
-        name: HookId::HandleMmFault.as_str(),
+        id: HookId::Faults(Id::HandleMmFault),
         rungs: &[
             fentry(&[Attach::Fexit {
                 program: "faults_handle_mm_fault_fexit",
@@ -72,7 +83,7 @@ pub const HOOKS: &[Hook] = &[
             ),
             tracepoint(
                 &[Attach::Shared {
-                    hook: HookId::PageFault,
+                    hook: HookId::Faults(Id::PageFault),
                 }],
                 TP_NEEDS_PF,
                 "major versus minor faults",
@@ -109,7 +120,7 @@ pub const AREA: Area = Area {
                     kind!(fault::KIND_EXEC),
                 ],
                 scale: 1.0,
-                when: When::Attached(HookId::PageFault),
+                when: When::Attached(HookId::Faults(Id::PageFault)),
             },
             Metric {
                 name: "faults_handled_total",
@@ -121,11 +132,11 @@ pub const AREA: Area = Area {
                     series("minor", &[proc::MINOR_FAULTS]),
                 ],
                 scale: 1.0,
-                when: When::FunctionRung(HookId::HandleMmFault),
+                when: When::FunctionRung(HookId::Faults(Id::HandleMmFault)),
             },
         ],
         custom: &[Custom {
-            when: When::Attached(HookId::PageFault),
+            when: When::Attached(HookId::Faults(Id::PageFault)),
             render: page_faults,
         }],
         ..Feeds::NONE

@@ -9,17 +9,32 @@ use super::{
     table::{fentry, kprobe, tp, tracepoint, Area, Attach, Hook, HookId, KPROBE_LOSES},
 };
 
-const FAMILY: &str = "fork";
-
 /// The address-space copy of a fork: `dup_mmap` where the kernel has it out of line
 /// (Debian 6.1), else the sum of its per-VMA page-table copies (5.10, 6.12 inline it).
 const DUP_MMAP: &str = "dup_mmap|copy_page_range";
 
+/// The hooks of this area (`HookId::Fork`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Id {
+    ForkSyscalls,
+    ProcessExit,
+    DupMmap,
+}
+
+impl Id {
+    /// The name exported in `memwatch_probe_info{hook}` and matched by `probes.hooks`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Id::ForkSyscalls => "fork_syscalls",
+            Id::ProcessExit => "process_exit",
+            Id::DupMmap => "dup_mmap",
+        }
+    }
+}
+
 pub const HOOKS: &[Hook] = &[
     Hook {
-        family: FAMILY,
-        id: HookId::ForkSyscalls,
-        name: HookId::ForkSyscalls.as_str(),
+        id: HookId::Fork(Id::ForkSyscalls),
         rungs: &[tracepoint(
             &[
                 tp(
@@ -60,9 +75,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::ProcessExit,
-        name: HookId::ProcessExit.as_str(),
+        id: HookId::Fork(Id::ProcessExit),
         rungs: &[tracepoint(
             &[tp(
                 "fork_process_exit",
@@ -74,9 +87,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::DupMmap,
-        name: HookId::DupMmap.as_str(),
+        id: HookId::Fork(Id::DupMmap),
         rungs: &[
             fentry(&[
                 Attach::Fentry {
@@ -120,7 +131,7 @@ pub const AREA: Area = Area {
                     series("thread", &[proc::THREADS]),
                 ],
                 scale: 1.0,
-                when: When::Attached(HookId::ForkSyscalls),
+                when: When::Attached(HookId::Fork(Id::ForkSyscalls)),
             },
             Metric {
                 name: "fork_seconds_total",
@@ -128,7 +139,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::FORK_NS])],
                 scale: 1e-9,
-                when: When::Attached(HookId::ForkSyscalls),
+                when: When::Attached(HookId::Fork(Id::ForkSyscalls)),
             },
             Metric {
                 name: "dup_mmap_seconds_total",
@@ -136,7 +147,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::DUP_MMAP_NS])],
                 scale: 1e-9,
-                when: When::Attached(HookId::DupMmap),
+                when: When::Attached(HookId::Fork(Id::DupMmap)),
             },
         ],
         keyed_hists: &[KeyedHist {
@@ -146,7 +157,7 @@ pub const AREA: Area = Area {
                 help: "Duration of fork syscalls (kind fork), entry to the parent's return, per \
                        command name; the rest in comm=\"other\".",
                 sum_col: proc::FORK_NS,
-                when: When::Attached(HookId::ForkSyscalls),
+                when: When::Attached(HookId::Fork(Id::ForkSyscalls)),
             },
             per_process: false,
         }],
@@ -155,7 +166,7 @@ pub const AREA: Area = Area {
             name: "memwatch_dup_mmap_duration_seconds",
             help: "Duration of the address-space and page-table copy in fork (dup_mmap).",
             sum_col: proc::DUP_MMAP_NS,
-            when: When::Attached(HookId::DupMmap),
+            when: When::Attached(HookId::Fork(Id::DupMmap)),
         }],
         ..Feeds::NONE
     },
@@ -164,8 +175,8 @@ pub const AREA: Area = Area {
 /// Whether fork episodes can be tracked: forks and exits are both seen.
 pub fn episodes_possible(attached: &Attached) -> bool {
     When::All(&[
-        When::Attached(HookId::ForkSyscalls),
-        When::Attached(HookId::ProcessExit),
+        When::Attached(HookId::Fork(Id::ForkSyscalls)),
+        When::Attached(HookId::Fork(Id::ProcessExit)),
     ])
     .holds(attached)
 }

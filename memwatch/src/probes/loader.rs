@@ -56,8 +56,8 @@ pub fn attach_all(
         if !wanted(probes, hook) {
             log::debug!(
                 "{}/{}: not selected by probes.hooks",
-                hook.family,
-                hook.name
+                hook.family(),
+                hook.name()
             );
             continue;
         }
@@ -87,12 +87,17 @@ pub fn attach_all(
             match &result {
                 Ok(picked) => log::debug!(
                     "{}/{}: {} attached{}",
-                    hook.family,
-                    hook.name,
+                    hook.family(),
+                    hook.name(),
                     rung.mode,
                     on_functions(picked)
                 ),
-                Err(e) => log::debug!("{}/{}: {} failed: {e}", hook.family, hook.name, rung.mode),
+                Err(e) => log::debug!(
+                    "{}/{}: {} failed: {e}",
+                    hook.family(),
+                    hook.name(),
+                    rung.mode
+                ),
             }
             if result.is_ok() && chosen.is_none() {
                 chosen = Some(rung.mode);
@@ -115,9 +120,9 @@ pub fn attach_all(
 
 /// Whether a hook is selected by `probes.hooks`, or feeds a selected hook's rung.
 fn wanted(probes: &crate::config::Probes, hook: &Hook) -> bool {
-    probes.wants(hook.family, hook.name)
+    probes.wants(hook.family(), hook.name())
         || HOOKS.iter().any(|h| {
-            probes.wants(h.family, h.name)
+            probes.wants(h.family(), h.name())
                 && h.rungs.iter().any(|r| {
                     r.attach
                         .iter()
@@ -136,12 +141,12 @@ fn log_outcome(hook: &Hook, chosen: Option<Mode>, attempts: &[Attempt]) {
                 .and_then(|a| a.result.as_ref().ok())
                 .map(|p| on_functions(p))
                 .unwrap_or_default();
-            log::info!("probe {}/{}: {m}{picked}", hook.family, hook.name)
+            log::info!("probe {}/{}: {m}{picked}", hook.family(), hook.name())
         }
         None => log::warn!(
             "probe {}/{}: no rung attached ({}); its metrics will be absent",
-            hook.family,
-            hook.name,
+            hook.family(),
+            hook.name(),
             attempts
                 .iter()
                 .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.mode)))

@@ -9,13 +9,30 @@ use super::{
     table::{tp, tracepoint, Area, Attach, Hook, HookId},
 };
 
-const FAMILY: &str = "lru";
+/// The hooks of this area (`HookId::Lru`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Id {
+    Insertion,
+    Activate,
+    ShrinkInactive,
+    ShrinkActive,
+}
+
+impl Id {
+    /// The name exported in `memwatch_probe_info{hook}` and matched by `probes.hooks`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Id::Insertion => "lru_insertion",
+            Id::Activate => "lru_activate",
+            Id::ShrinkInactive => "lru_shrink_inactive",
+            Id::ShrinkActive => "lru_shrink_active",
+        }
+    }
+}
 
 pub const HOOKS: &[Hook] = &[
     Hook {
-        family: FAMILY,
-        id: HookId::LruInsertion,
-        name: HookId::LruInsertion.as_str(),
+        id: HookId::Lru(Id::Insertion),
         rungs: &[tracepoint(
             &[Attach::FirstOf(&[
                 Attach::RawTracepoint {
@@ -37,9 +54,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::LruActivate,
-        name: HookId::LruActivate.as_str(),
+        id: HookId::Lru(Id::Activate),
         rungs: &[tracepoint(
             &[Attach::FirstOf(&[
                 Attach::RawTracepoint {
@@ -58,9 +73,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::LruShrinkInactive,
-        name: HookId::LruShrinkInactive.as_str(),
+        id: HookId::Lru(Id::ShrinkInactive),
         rungs: &[tracepoint(
             &[tp(
                 "lru_shrink_inactive",
@@ -84,9 +97,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::LruShrinkActive,
-        name: HookId::LruShrinkActive.as_str(),
+        id: HookId::Lru(Id::ShrinkActive),
         rungs: &[tracepoint(
             &[tp(
                 "lru_shrink_active",
@@ -121,7 +132,7 @@ macro_rules! per_node {
                 when: When::Always,
             }],
             scale: 1.0,
-            when: When::Attached(HookId::$hook),
+            when: When::Attached(HookId::Lru(Id::$hook)),
         }
     };
 }
@@ -142,7 +153,7 @@ pub const AREA: Area = Area {
                     series("unevictable", &[global::LRU_INSERT + 4]),
                 ],
                 scale: 1.0,
-                when: When::Attached(HookId::LruInsertion),
+                when: When::Attached(HookId::Lru(Id::Insertion)),
             },
             Metric {
                 name: "memwatch_lru_activations_total",
@@ -150,7 +161,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[global::LRU_ACTIVATE])],
                 scale: 1.0,
-                when: When::Attached(HookId::LruActivate),
+                when: When::Attached(HookId::Lru(Id::Activate)),
             },
         ],
         nodes: &[
@@ -158,73 +169,73 @@ pub const AREA: Area = Area {
                 "memwatch_vmscan_inactive_scanned_pages_total",
                 "Pages scanned on inactive lists (mm_vmscan_lru_shrink_inactive).",
                 node::INACTIVE_SCANNED,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_reclaimed_pages_total",
                 "Pages reclaimed from inactive lists: every reclaimer, memcg included (pgsteal).",
                 node::INACTIVE_RECLAIMED,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_dirty_pages_total",
                 "Dirty pages met while scanning inactive lists.",
                 node::INACTIVE_DIRTY,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_writeback_pages_total",
                 "Pages under writeback met while scanning inactive lists.",
                 node::INACTIVE_WRITEBACK,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_congested_pages_total",
                 "Dirty pages on congested devices met while scanning inactive lists.",
                 node::INACTIVE_CONGESTED,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_immediate_pages_total",
                 "Pages marked for immediate reclaim met while scanning inactive lists.",
                 node::INACTIVE_IMMEDIATE,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_ref_keep_pages_total",
                 "Referenced pages kept on the inactive list.",
                 node::INACTIVE_REF_KEEP,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_inactive_unmap_fail_pages_total",
                 "Pages that could not be unmapped.",
                 node::INACTIVE_UNMAP_FAIL,
-                LruShrinkInactive
+                ShrinkInactive
             ),
             per_node!(
                 "memwatch_vmscan_active_taken_pages_total",
                 "Pages taken off active lists to age (mm_vmscan_lru_shrink_active).",
                 node::ACTIVE_TAKEN,
-                LruShrinkActive
+                ShrinkActive
             ),
             per_node!(
                 "memwatch_vmscan_active_kept_pages_total",
                 "Pages kept active after aging.",
                 node::ACTIVE_ACTIVE,
-                LruShrinkActive
+                ShrinkActive
             ),
             per_node!(
                 "memwatch_vmscan_active_referenced_pages_total",
                 "Referenced pages met while aging active lists.",
                 node::ACTIVE_REFERENCED,
-                LruShrinkActive
+                ShrinkActive
             ),
             per_node!(
                 "memwatch_vmscan_deactivated_pages_total",
                 "Pages moved from active to inactive lists (pgdeactivate).",
                 node::ACTIVE_DEACTIVATED,
-                LruShrinkActive
+                ShrinkActive
             ),
             Metric {
                 name: "memwatch_vmscan_inactive_activated_pages_total",
@@ -235,7 +246,7 @@ pub const AREA: Area = Area {
                     series("file", &[node::INACTIVE_ACTIVATE_FILE]),
                 ],
                 scale: 1.0,
-                when: When::Attached(HookId::LruShrinkInactive),
+                when: When::Attached(HookId::Lru(Id::ShrinkInactive)),
             },
         ],
         ..Feeds::NONE

@@ -277,7 +277,7 @@ fn tracepoint_offsets(support: &KernelSupport) -> Offsets {
                                     }
                                 }
                             }
-                            Err(e) => log::debug!("{}/{}: {e}", hook.family, hook.name),
+                            Err(e) => log::debug!("{}/{}: {e}", hook.family(), hook.name()),
                         }
                     }
                 }

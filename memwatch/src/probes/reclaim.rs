@@ -9,13 +9,32 @@ use super::{
     table::{tp, tracepoint, Area, Hook, HookId},
 };
 
-const FAMILY: &str = "reclaim";
+/// The hooks of this area (`HookId::Reclaim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Id {
+    DirectReclaim,
+    MemcgReclaim,
+    KswapdWake,
+    VmscanWrite,
+    VmscanThrottled,
+}
+
+impl Id {
+    /// The name exported in `memwatch_probe_info{hook}` and matched by `probes.hooks`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Id::DirectReclaim => "direct_reclaim",
+            Id::MemcgReclaim => "memcg_reclaim",
+            Id::KswapdWake => "kswapd_wake",
+            Id::VmscanWrite => "vmscan_write",
+            Id::VmscanThrottled => "vmscan_throttled",
+        }
+    }
+}
 
 pub const HOOKS: &[Hook] = &[
     Hook {
-        family: FAMILY,
-        id: HookId::DirectReclaim,
-        name: HookId::DirectReclaim.as_str(),
+        id: HookId::Reclaim(Id::DirectReclaim),
         rungs: &[tracepoint(
             &[
                 tp(
@@ -34,9 +53,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::MemcgReclaim,
-        name: HookId::MemcgReclaim.as_str(),
+        id: HookId::Reclaim(Id::MemcgReclaim),
         rungs: &[tracepoint(
             &[
                 tp(
@@ -55,9 +72,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::KswapdWake,
-        name: HookId::KswapdWake.as_str(),
+        id: HookId::Reclaim(Id::KswapdWake),
         rungs: &[tracepoint(
             &[tp(
                 "reclaim_kswapd_wake",
@@ -69,9 +84,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::VmscanWrite,
-        name: HookId::VmscanWrite.as_str(),
+        id: HookId::Reclaim(Id::VmscanWrite),
         rungs: &[tracepoint(
             &[tp(
                 "reclaim_write_folio",
@@ -86,9 +99,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::VmscanThrottled,
-        name: HookId::VmscanThrottled.as_str(),
+        id: HookId::Reclaim(Id::VmscanThrottled),
         rungs: &[tracepoint(
             &[tp(
                 "reclaim_throttled",
@@ -106,8 +117,8 @@ pub const HOOKS: &[Hook] = &[
 
 /// Reclaim a process ran itself: direct or memcg, as far as each hook attached.
 const RAN_ITSELF: When = When::Any(&[
-    When::Attached(HookId::DirectReclaim),
-    When::Attached(HookId::MemcgReclaim),
+    When::Attached(HookId::Reclaim(Id::DirectReclaim)),
+    When::Attached(HookId::Reclaim(Id::MemcgReclaim)),
 ]);
 
 /// A series of the reclaim a process ran itself, by kind.
@@ -116,12 +127,12 @@ const fn by_kind(direct: &'static [usize], memcg: &'static [usize]) -> [Series; 
         Series {
             value: "direct",
             cols: direct,
-            when: When::Attached(HookId::DirectReclaim),
+            when: When::Attached(HookId::Reclaim(Id::DirectReclaim)),
         },
         Series {
             value: "memcg",
             cols: memcg,
-            when: When::Attached(HookId::MemcgReclaim),
+            when: When::Attached(HookId::Reclaim(Id::MemcgReclaim)),
         },
     ]
 }
@@ -193,14 +204,14 @@ pub const AREA: Area = Area {
                 name: "memwatch_direct_reclaim_duration_seconds",
                 help: "Duration of direct reclaim episodes.",
                 sum_col: proc::DIRECT_RECLAIM_NS,
-                when: When::Attached(HookId::DirectReclaim),
+                when: When::Attached(HookId::Reclaim(Id::DirectReclaim)),
             },
             Hist {
                 hist: hist::MEMCG_RECLAIM,
                 name: "memwatch_memcg_reclaim_duration_seconds",
                 help: "Duration of memory-cgroup limit reclaim episodes.",
                 sum_col: proc::MEMCG_RECLAIM_NS,
-                when: When::Attached(HookId::MemcgReclaim),
+                when: When::Attached(HookId::Reclaim(Id::MemcgReclaim)),
             },
         ],
         counters: &[
@@ -213,7 +224,7 @@ pub const AREA: Area = Area {
                     series("file", &[global::VMSCAN_WRITE_FILE]),
                 ],
                 scale: 1.0,
-                when: When::Attached(HookId::VmscanWrite),
+                when: When::Attached(HookId::Reclaim(Id::VmscanWrite)),
             },
             Metric {
                 name: "memwatch_vmscan_throttled_total",
@@ -221,7 +232,7 @@ pub const AREA: Area = Area {
                 label: Some("reason"),
                 series: &throttle_reasons!(global::THROTTLED),
                 scale: 1.0,
-                when: When::Attached(HookId::VmscanThrottled),
+                when: When::Attached(HookId::Reclaim(Id::VmscanThrottled)),
             },
             Metric {
                 name: "memwatch_vmscan_throttled_seconds_total",
@@ -229,7 +240,7 @@ pub const AREA: Area = Area {
                 label: Some("reason"),
                 series: &throttle_reasons!(global::THROTTLED_US),
                 scale: 1e-6,
-                when: When::Attached(HookId::VmscanThrottled),
+                when: When::Attached(HookId::Reclaim(Id::VmscanThrottled)),
             },
         ],
         nodes: &[Metric {
@@ -238,7 +249,7 @@ pub const AREA: Area = Area {
             label: None,
             series: &[series("", &[node::KSWAPD_WAKE])],
             scale: 1.0,
-            when: When::Attached(HookId::KswapdWake),
+            when: When::Attached(HookId::Reclaim(Id::KswapdWake)),
         }],
         ..Feeds::NONE
     },

@@ -143,57 +143,40 @@ pub struct Rung {
     pub loses: &'static str,
 }
 
-/// A hook, by name. `as_str` is the name exported in `memwatch_probe_info{hook}` and
-/// matched by the config's `probes.hooks`.
+/// A hook, by area and name: each area's module lists its own (`cow::Id`, ...).
+/// `as_str` is the name exported in `memwatch_probe_info{hook}` and matched by the
+/// config's `probes.hooks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HookId {
-    PageFault,
-    HandleMmFault,
-    DoWpPage,
-    CowCopy,
-    DoHugePmdWpPage,
-    ForkSyscalls,
-    ProcessExit,
-    DupMmap,
-    WritebackDirty,
-    WritebackWritten,
-    Ext4Writepages,
-    BalanceDirtyPages,
-    DirectReclaim,
-    MemcgReclaim,
-    KswapdWake,
-    VmscanWrite,
-    VmscanThrottled,
-    LruInsertion,
-    LruActivate,
-    LruShrinkInactive,
-    LruShrinkActive,
+    Faults(faults::Id),
+    Cow(cow::Id),
+    Fork(fork::Id),
+    Writeback(writeback::Id),
+    Reclaim(reclaim::Id),
+    Lru(lru::Id),
 }
 
 impl HookId {
+    /// The probe area: its module's name.
+    pub const fn family(self) -> &'static str {
+        match self {
+            HookId::Faults(_) => "faults",
+            HookId::Cow(_) => "cow",
+            HookId::Fork(_) => "fork",
+            HookId::Writeback(_) => "writeback",
+            HookId::Reclaim(_) => "reclaim",
+            HookId::Lru(_) => "lru",
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
-            HookId::PageFault => "page_fault",
-            HookId::HandleMmFault => "handle_mm_fault",
-            HookId::DoWpPage => "do_wp_page",
-            HookId::CowCopy => "cow_copy",
-            HookId::DoHugePmdWpPage => "do_huge_pmd_wp_page",
-            HookId::ForkSyscalls => "fork_syscalls",
-            HookId::ProcessExit => "process_exit",
-            HookId::DupMmap => "dup_mmap",
-            HookId::WritebackDirty => "writeback_dirty",
-            HookId::WritebackWritten => "writeback_written",
-            HookId::Ext4Writepages => "ext4_writepages",
-            HookId::BalanceDirtyPages => "balance_dirty_pages",
-            HookId::DirectReclaim => "direct_reclaim",
-            HookId::MemcgReclaim => "memcg_reclaim",
-            HookId::KswapdWake => "kswapd_wake",
-            HookId::VmscanWrite => "vmscan_write",
-            HookId::VmscanThrottled => "vmscan_throttled",
-            HookId::LruInsertion => "lru_insertion",
-            HookId::LruActivate => "lru_activate",
-            HookId::LruShrinkInactive => "lru_shrink_inactive",
-            HookId::LruShrinkActive => "lru_shrink_active",
+            HookId::Faults(id) => id.name(),
+            HookId::Cow(id) => id.name(),
+            HookId::Fork(id) => id.name(),
+            HookId::Writeback(id) => id.name(),
+            HookId::Reclaim(id) => id.name(),
+            HookId::Lru(id) => id.name(),
         }
     }
 }
@@ -207,11 +190,20 @@ impl fmt::Display for HookId {
 /// A hook: one thing memwatch observes, with its rungs best first.
 #[derive(Debug, Clone, Copy)]
 pub struct Hook {
-    pub family: &'static str,
     pub id: HookId,
-    /// `id.as_str()`.
-    pub name: &'static str,
     pub rungs: &'static [Rung],
+}
+
+impl Hook {
+    /// The hook's name (`memwatch_probe_info{hook}`, `probes.hooks`).
+    pub const fn name(&self) -> &'static str {
+        self.id.as_str()
+    }
+
+    /// The probe area it belongs to (`memwatch_probe_info{family}`).
+    pub const fn family(&self) -> &'static str {
+        self.id.family()
+    }
 }
 
 /// A probe area (`faults`, `cow`, ...): its hooks, and the metrics they feed.
@@ -312,17 +304,17 @@ mod tests {
     #[test]
     fn table_is_consistent() {
         for (i, h) in HOOKS.iter().enumerate() {
-            assert!(!h.rungs.is_empty(), "{}", h.name);
+            assert!(!h.rungs.is_empty(), "{}", h.name());
             // Rungs best first, each mode once.
             assert!(
                 h.rungs.windows(2).all(|w| w[0].mode < w[1].mode),
                 "{}",
-                h.name
+                h.name()
             );
             assert!(
                 h.rungs[0].loses.is_empty(),
                 "{}: best rung loses nothing",
-                h.name
+                h.name()
             );
             for r in h.rungs {
                 assert!(!r.attach.is_empty());
@@ -330,17 +322,19 @@ mod tests {
                 for a in r.attach {
                     if let Attach::Shared { hook: other } = a {
                         let j = HOOKS.iter().position(|x| x.id == *other).unwrap();
-                        assert!(j < i, "{} shares {other}, which must come first", h.name);
+                        assert!(j < i, "{} shares {other}, which must come first", h.name());
                     }
                 }
             }
         }
-        let mut names: Vec<_> = HOOKS.iter().map(|h| h.name).collect();
+        let mut names: Vec<_> = HOOKS.iter().map(|h| h.name()).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), HOOKS.len());
-        for h in HOOKS {
-            assert_eq!(h.name, h.id.as_str());
+        // An area lists only its own hooks.
+        for area in AREAS {
+            let family = area.hooks[0].family();
+            assert!(area.hooks.iter().all(|h| h.family() == family), "{family}");
         }
     }
 }

@@ -13,8 +13,6 @@ use super::{
 };
 use crate::metrics::Family;
 
-const FAMILY: &str = "writeback";
-
 const WB_START: Attach = tp(
     "wb_start",
     &[("writeback", "writeback_start")],
@@ -31,11 +29,30 @@ const WB_SINGLE_INODE_DEVICE: Attach = tp(
     WB_SINGLE_INODE_FIELDS,
 );
 
+/// The hooks of this area (`HookId::Writeback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Id {
+    WritebackDirty,
+    WritebackWritten,
+    Ext4Writepages,
+    BalanceDirtyPages,
+}
+
+impl Id {
+    /// The name exported in `memwatch_probe_info{hook}` and matched by `probes.hooks`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Id::WritebackDirty => "writeback_dirty",
+            Id::WritebackWritten => "writeback_written",
+            Id::Ext4Writepages => "ext4_writepages",
+            Id::BalanceDirtyPages => "balance_dirty_pages",
+        }
+    }
+}
+
 pub const HOOKS: &[Hook] = &[
     Hook {
-        family: FAMILY,
-        id: HookId::WritebackDirty,
-        name: HookId::WritebackDirty.as_str(),
+        id: HookId::Writeback(Id::WritebackDirty),
         rungs: &[tracepoint(
             &[Attach::FirstOf(&[
                 Attach::RawTracepoint {
@@ -63,9 +80,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::WritebackWritten,
-        name: HookId::WritebackWritten.as_str(),
+        id: HookId::Writeback(Id::WritebackWritten),
         rungs: &[
             Rung {
                 mode: Mode::Fentry,
@@ -117,9 +132,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::Ext4Writepages,
-        name: HookId::Ext4Writepages.as_str(),
+        id: HookId::Writeback(Id::Ext4Writepages),
         rungs: &[tracepoint(
             &[
                 tp(
@@ -139,9 +152,7 @@ pub const HOOKS: &[Hook] = &[
         )],
     },
     Hook {
-        family: FAMILY,
-        id: HookId::BalanceDirtyPages,
-        name: HookId::BalanceDirtyPages.as_str(),
+        id: HookId::Writeback(Id::BalanceDirtyPages),
         rungs: &[tracepoint(
             &[tp(
                 "wb_balance_dirty_pages",
@@ -164,7 +175,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::DIRTIED])],
                 scale: 1.0,
-                when: When::Attached(HookId::WritebackDirty),
+                when: When::Attached(HookId::Writeback(Id::WritebackDirty)),
             },
             Metric {
                 name: "dirty_throttle_pauses_total",
@@ -172,7 +183,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::THROTTLE_COUNT])],
                 scale: 1.0,
-                when: When::Attached(HookId::BalanceDirtyPages),
+                when: When::Attached(HookId::Writeback(Id::BalanceDirtyPages)),
             },
             Metric {
                 name: "dirty_throttle_seconds_total",
@@ -180,7 +191,7 @@ pub const AREA: Area = Area {
                 label: None,
                 series: &[series("", &[proc::THROTTLE_NS])],
                 scale: 1e-9,
-                when: When::Attached(HookId::BalanceDirtyPages),
+                when: When::Attached(HookId::Writeback(Id::BalanceDirtyPages)),
             },
         ],
         keyed_hists: &[KeyedHist {
@@ -190,17 +201,17 @@ pub const AREA: Area = Area {
                 help: "Dirty-throttling pauses (balance_dirty_pages) per process; the rest in \
                        pid=\"other\".",
                 sum_col: proc::THROTTLE_NS,
-                when: When::Attached(HookId::BalanceDirtyPages),
+                when: When::Attached(HookId::Writeback(Id::BalanceDirtyPages)),
             },
             per_process: true,
         }],
         custom: &[
             Custom {
-                when: When::Attached(HookId::WritebackDirty),
+                when: When::Attached(HookId::Writeback(Id::WritebackDirty)),
                 render: dirtied_per_device,
             },
             Custom {
-                when: When::Attached(HookId::WritebackWritten),
+                when: When::Attached(HookId::Writeback(Id::WritebackWritten)),
                 render: written_per_device,
             },
         ],

@@ -391,6 +391,7 @@ fn render_health(out: &mut Vec<MetricFamily>, s: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::{cow, faults};
 
     #[test]
     fn buckets_are_cumulative_in_seconds() {
@@ -409,12 +410,12 @@ mod tests {
     fn metrics_follow_rungs() {
         use crate::probes::table::{HookId, Mode};
         let mut att = Attached::new();
-        att.insert(HookId::PageFault, Mode::Tracepoint);
-        att.insert(HookId::DoWpPage, Mode::Tracepoint);
+        att.insert(HookId::Faults(faults::Id::PageFault), Mode::Tracepoint);
+        att.insert(HookId::Cow(cow::Id::DoWpPage), Mode::Tracepoint);
         let names: Vec<_> = proc_metrics(&att).iter().map(|m| m.0.name).collect();
         assert_eq!(names, ["page_faults_total", "wp_faults_total"]);
-        att.insert(HookId::DoWpPage, Mode::Fentry);
-        att.insert(HookId::CowCopy, Mode::Fentry);
+        att.insert(HookId::Cow(cow::Id::DoWpPage), Mode::Fentry);
+        att.insert(HookId::Cow(cow::Id::CowCopy), Mode::Fentry);
         let names: Vec<_> = proc_metrics(&att).iter().map(|m| m.0.name).collect();
         assert!(names.contains(&"cow_copies_total"), "{names:?}");
         assert!(names.contains(&"wp_fault_seconds_total"), "{names:?}");
