@@ -34,6 +34,31 @@ pub fn render(e: &Episode) -> String {
         mib(e.parent_rss_bytes),
         mib(e.parent_anon_bytes)
     );
+    cow_lines(&mut s, e);
+    let _ = writeln!(
+        s,
+        "  stalls:  {} in reclaim, {} dirty-throttled",
+        ms(e.reclaim_stall_seconds),
+        ms(e.dirty_throttle_seconds)
+    );
+    let _ = writeln!(
+        s,
+        "  child:   lived {:.2} s, {}",
+        e.child_lifetime_seconds,
+        exit_status(e)
+    );
+    host_line(&mut s, &e.host);
+    if !e.findings.is_empty() {
+        let _ = writeln!(s, "  what to change:");
+        for f in &e.findings {
+            let _ = writeln!(s, "    - {f}");
+        }
+    }
+    s
+}
+
+/// What the parent and the child copied on write.
+fn cow_lines(s: &mut String, e: &Episode) {
     let ratio = if e.parent_rss_bytes > 0 {
         format!(
             " = {:.0}% of RSS",
@@ -61,25 +86,21 @@ pub fn render(e: &Episode) -> String {
             e.thp_cow_faults
         );
     }
-    let _ = writeln!(
-        s,
-        "  stalls:  {} in reclaim, {} dirty-throttled",
-        ms(e.reclaim_stall_seconds),
-        ms(e.dirty_throttle_seconds)
-    );
-    let exit = match e.child_exit_code {
+}
+
+/// How the child ended.
+fn exit_status(e: &Episode) -> String {
+    match e.child_exit_code {
         _ if e.active => "still running".to_string(),
         Some(0) => "exited 0".to_string(),
         Some(c) if c & 0x7f != 0 => format!("killed by signal {}", c & 0x7f),
         Some(c) => format!("exited {}", c >> 8),
         None => "exit status unknown".to_string(),
-    };
-    let _ = writeln!(
-        s,
-        "  child:   lived {:.2} s, {exit}",
-        e.child_lifetime_seconds
-    );
-    let h = &e.host;
+    }
+}
+
+/// The host's settings and room at the fork.
+fn host_line(s: &mut String, h: &super::context::HostContext) {
     let _ = writeln!(
         s,
         "  host:    kernel {}, THP {} (defrag {}), overcommit_memory={}, swap {} of {} free, \
@@ -95,11 +116,4 @@ pub fn render(e: &Episode) -> String {
         h.low_watermark_pages,
         h.high_watermark_pages
     );
-    if !e.findings.is_empty() {
-        let _ = writeln!(s, "  what to change:");
-        for f in &e.findings {
-            let _ = writeln!(s, "    - {f}");
-        }
-    }
-    s
 }
