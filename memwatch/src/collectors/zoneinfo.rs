@@ -318,7 +318,6 @@ const HEADROOM: &str = "memwatch_zoneinfo_headroom_pages";
 /// fields between scrapes. Returns how many families were refused because their name
 /// was already taken (only a strange file does that); their samples are dropped.
 fn write<'a>(zi: &'a Parsed<'a>, names: &mut Names, out: &mut Text) -> u64 {
-    let mut refused = 0;
     let zones = &zi.zones;
     let labels: Vec<String> = zones
         .iter()
@@ -328,31 +327,62 @@ fn write<'a>(zi: &'a Parsed<'a>, names: &mut Names, out: &mut Text) -> u64 {
             s
         })
         .collect();
-    let mut family = |out: &mut Text, name: &str, help: &str| {
-        let ok = out.family(name, help, Kind::Gauge);
-        refused += u64::from(!ok);
-        ok
-    };
+    let mut refused = 0;
+    let free = (FREE, "/proc/zoneinfo `pages free`: free pages in the zone.");
+    write_per_zone(zones, &labels, free, |z| z.free, out, &mut refused);
+    write_watermarks(zones, out, &mut refused);
+    write_protection(zones, out, &mut refused);
+    let headroom = (
+        HEADROOM,
+        "Free pages above the zone's high watermark (pages free - high); negative when the \
+         zone is below it. Absent for zones without managed pages.",
+    );
+    write_per_zone(
+        zones,
+        &labels,
+        headroom,
+        |z| z.headroom(),
+        out,
+        &mut refused,
+    );
+    write_generic(zones, &labels, names, out, &mut refused);
+    write_node_stats(&zi.nodes, names, out, &mut refused);
+    refused
+}
 
-    if zones.iter().any(|z| z.free.is_some())
-        && family(
-            out,
-            FREE,
-            "/proc/zoneinfo `pages free`: free pages in the zone.",
-        )
-    {
-        for (z, l) in zones.iter().zip(&labels) {
-            if let Some(v) = z.free {
-                out.sample_labels(FREE, l, v);
+/// Starts a gauge family; counts it in `refused` if its name was taken.
+fn family(out: &mut Text, name: &str, help: &str, refused: &mut u64) -> bool {
+    let ok = out.family(name, help, Kind::Gauge);
+    *refused += u64::from(!ok);
+    ok
+}
+
+/// A family with one value per zone, for the zones that have it.
+fn write_per_zone(
+    zones: &[Zone],
+    labels: &[String],
+    (name, help): (&str, &str),
+    value: impl Fn(&Zone) -> Option<f64>,
+    out: &mut Text,
+    refused: &mut u64,
+) {
+    if zones.iter().any(|z| value(z).is_some()) && family(out, name, help, refused) {
+        for (z, l) in zones.iter().zip(labels) {
+            if let Some(v) = value(z) {
+                out.sample_labels(name, l, v);
             }
         }
     }
+}
+
+fn write_watermarks(zones: &[Zone], out: &mut Text, refused: &mut u64) {
     let has_watermark = |z: &Zone| z.header.iter().any(|h| WATERMARKS.contains(&h.name));
     if zones.iter().any(has_watermark)
         && family(
             out,
             WATERMARK,
             "/proc/zoneinfo zone watermarks (min, low, high, promo), in pages.",
+            refused,
         )
     {
         for z in zones {
@@ -362,55 +392,54 @@ fn write<'a>(zi: &'a Parsed<'a>, names: &mut Names, out: &mut Text) -> u64 {
             }
         }
     }
-    if zones.iter().any(|z| !z.protection.is_empty())
+}
+
+fn write_protection(zones: &[Zone], out: &mut Text, refused: &mut u64) {
+    if !(zones.iter().any(|z| !z.protection.is_empty())
         && family(
             out,
             PROTECTION,
             "/proc/zoneinfo protection (lowmem_reserve): pages of this zone kept back from \
              allocations that could also use alloc_zone.",
-        )
+            refused,
+        ))
     {
-        let mut index = String::new();
-        for z in zones {
-            // The array is indexed by the node's zones, in the order zoneinfo lists them.
-            let node_zones: Vec<&str> = zones
-                .iter()
-                .filter(|y| y.node == z.node)
-                .map(|y| y.zone)
-                .collect();
-            for (i, v) in z.protection.iter().enumerate() {
-                let alloc_zone = if node_zones.len() == z.protection.len() {
-                    node_zones[i]
-                } else {
-                    index.clear();
-                    crate::metrics::push_int(&mut index, i as i64);
-                    &index
-                };
-                let l = [
-                    ("node", z.node),
-                    ("zone", z.zone),
-                    ("alloc_zone", alloc_zone),
-                ];
-                out.sample(PROTECTION, &l, *v);
-            }
+        return;
+    }
+    let mut index = String::new();
+    for z in zones {
+        // The array is indexed by the node's zones, in the order zoneinfo lists them.
+        let node_zones: Vec<&str> = zones
+            .iter()
+            .filter(|y| y.node == z.node)
+            .map(|y| y.zone)
+            .collect();
+        for (i, v) in z.protection.iter().enumerate() {
+            let alloc_zone = if node_zones.len() == z.protection.len() {
+                node_zones[i]
+            } else {
+                index.clear();
+                crate::metrics::push_int(&mut index, i as i64);
+                &index
+            };
+            let l = [
+                ("node", z.node),
+                ("zone", z.zone),
+                ("alloc_zone", alloc_zone),
+            ];
+            out.sample(PROTECTION, &l, *v);
         }
     }
-    if zones.iter().any(|z| z.headroom().is_some())
-        && family(
-            out,
-            HEADROOM,
-            "Free pages above the zone's high watermark (pages free - high); negative when \
-             the zone is below it. Absent for zones without managed pages.",
-        )
-    {
-        for (z, l) in zones.iter().zip(&labels) {
-            if let Some(v) = z.headroom() {
-                out.sample_labels(HEADROOM, l, v);
-            }
-        }
-    }
+}
 
-    // Generic fields: one family per field name, one sample per zone that has it.
+/// Generic fields: one family per field name, one sample per zone that has it.
+fn write_generic<'a>(
+    zones: &'a [Zone<'a>],
+    labels: &[String],
+    names: &mut Names,
+    out: &mut Text,
+    refused: &mut u64,
+) {
     let generic: [(Group, FieldsOf<'a>); 3] = [
         (Group::Header, |z| &z.header),
         (Group::ZoneStat, |z| &z.stats),
@@ -423,18 +452,21 @@ fn write<'a>(zi: &'a Parsed<'a>, names: &mut Names, out: &mut Text) -> u64 {
             }
             let (name, header) = names.get(group, field);
             if !out.family_with_header(name, header) {
-                refused += 1;
+                *refused += 1;
                 continue;
             }
-            for (z, l) in zones.iter().zip(&labels) {
+            for (z, l) in zones.iter().zip(labels) {
                 if let Some(f) = list(z).iter().find(|f| f.name == field) {
                     out.sample_labels(name, l, f.value);
                 }
             }
         }
     }
-    let node_labels: Vec<String> = zi
-        .nodes
+}
+
+/// The per-node statistics: one family per field, one sample per node.
+fn write_node_stats(nodes: &[NodeStats], names: &mut Names, out: &mut Text, refused: &mut u64) {
+    let node_labels: Vec<String> = nodes
         .iter()
         .map(|n| {
             let mut s = String::with_capacity(12);
@@ -442,19 +474,18 @@ fn write<'a>(zi: &'a Parsed<'a>, names: &mut Names, out: &mut Text) -> u64 {
             s
         })
         .collect();
-    for field in union(zi.nodes.iter().map(|n| &n.stats[..])) {
+    for field in union(nodes.iter().map(|n| &n.stats[..])) {
         let (name, header) = names.get(Group::NodeStat, field);
         if !out.family_with_header(name, header) {
-            refused += 1;
+            *refused += 1;
             continue;
         }
-        for (n, l) in zi.nodes.iter().zip(&node_labels) {
+        for (n, l) in nodes.iter().zip(&node_labels) {
             if let Some(f) = n.stats.iter().find(|f| f.name == field) {
                 out.sample_labels(name, l, f.value);
             }
         }
     }
-    refused
 }
 
 /// The zoneinfo collector.
