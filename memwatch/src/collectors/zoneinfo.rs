@@ -98,117 +98,145 @@ enum Section {
 
 /// Parses /proc/zoneinfo; returns it and the lines that were skipped as malformed.
 pub fn parse(text: &str) -> (Parsed<'_>, Vec<&str>) {
-    let mut zi = Parsed::default();
-    let mut errors = Vec::new();
-    let mut section = Section::Skip;
-    // Index of the current node in `zi.nodes` while in a per-node block.
-    let mut node_idx = None;
+    let mut p = Parser {
+        zi: Parsed::default(),
+        errors: Vec::new(),
+        section: Section::Skip,
+        node_idx: None,
+    };
     for line in text.lines() {
+        p.line(line);
+    }
+    (p.zi, p.errors)
+}
+
+/// The parse so far, and where in the file it is.
+struct Parser<'a> {
+    zi: Parsed<'a>,
+    errors: Vec<&'a str>,
+    section: Section,
+    /// Index of the current node in `zi.nodes` while in a per-node block.
+    node_idx: Option<usize>,
+}
+
+impl<'a> Parser<'a> {
+    fn line(&mut self, line: &'a str) {
         let t = line.trim();
         if t.is_empty() {
-            continue;
+            return;
         }
         if let Some(rest) = t.strip_prefix("Node ") {
-            section = Section::Skip;
-            match parse_zone_header(rest) {
-                Some((node, zone))
-                    if !zi.zones.iter().any(|z| z.node == node && z.zone == zone) =>
-                {
-                    zi.zones.push(Zone {
-                        node,
-                        zone,
-                        ..Zone::default()
-                    });
-                    section = Section::ZoneStart;
-                }
-                _ => errors.push(line),
-            }
-            continue;
-        }
-        if section == Section::Skip {
+            self.zone_start(line, rest);
+        } else if self.section == Section::Skip {
             // Lines of a skipped zone block, or text before the first zone: only the
             // latter is malformed.
-            if zi.zones.is_empty() {
-                errors.push(line);
+            if self.zi.zones.is_empty() {
+                self.errors.push(line);
             }
-            continue;
+        } else if !self.zone_line(line, t) {
+            self.field(line, t);
         }
-        let zone = zi.zones.last_mut().expect("a zone once past Skip");
-        if t == "per-node stats" {
-            if zi.nodes.iter().any(|n| n.node == zone.node) {
-                errors.push(line);
-                section = Section::Skip;
-                continue;
+    }
+
+    /// `Node N, zone Z`: a new zone block (a repeated one is skipped).
+    fn zone_start(&mut self, line: &'a str, rest: &'a str) {
+        self.section = Section::Skip;
+        match parse_zone_header(rest) {
+            Some((node, zone))
+                if !self
+                    .zi
+                    .zones
+                    .iter()
+                    .any(|z| z.node == node && z.zone == zone) =>
+            {
+                self.zi.zones.push(Zone {
+                    node,
+                    zone,
+                    ..Zone::default()
+                });
+                self.section = Section::ZoneStart;
             }
-            zi.nodes.push(NodeStats {
+            _ => self.errors.push(line),
+        }
+    }
+
+    /// The lines that start a section or carry one of a zone's own fields; false for
+    /// the others (generic `name value` fields).
+    fn zone_line(&mut self, line: &'a str, t: &'a str) -> bool {
+        let zone = self.zi.zones.last_mut().expect("a zone once past Skip");
+        if t == "per-node stats" {
+            if self.zi.nodes.iter().any(|n| n.node == zone.node) {
+                self.errors.push(line);
+                self.section = Section::Skip;
+                return true;
+            }
+            self.zi.nodes.push(NodeStats {
                 node: zone.node,
                 stats: Vec::new(),
             });
-            node_idx = Some(zi.nodes.len() - 1);
-            section = Section::NodeStats;
-            continue;
-        }
-        if let Some(rest) = t.strip_prefix("pages free") {
+            self.node_idx = Some(self.zi.nodes.len() - 1);
+            self.section = Section::NodeStats;
+        } else if let Some(rest) = t.strip_prefix("pages free") {
             match parse_int(rest.trim()) {
                 Some(v) if zone.free.is_none() => zone.free = Some(v),
-                _ => errors.push(line),
+                _ => self.errors.push(line),
             }
-            section = Section::ZoneHeader;
-            continue;
-        }
-        if t == "pagesets" {
-            section = Section::Pagesets;
-            continue;
-        }
-        if let Some(rest) = t.strip_prefix("protection:") {
+            self.section = Section::ZoneHeader;
+        } else if t == "pagesets" {
+            self.section = Section::Pagesets;
+        } else if let Some(rest) = t.strip_prefix("protection:") {
             match parse_protection(rest) {
                 Some(p) if zone.protection.is_empty() => zone.protection = p,
-                _ => errors.push(line),
+                _ => self.errors.push(line),
             }
-            section = Section::ZoneStats;
-            continue;
-        }
-        if let Some((key, value)) = t.split_once(':') {
+            self.section = Section::ZoneStats;
+        } else if let Some((key, value)) = t.split_once(':') {
             let key = key.trim();
-            if section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
-                continue;
+            if self.section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
+                return true;
             }
             match parse_int(value.trim()) {
                 Some(value) if valid_name(key) && !has(&zone.scalars, key) => {
                     zone.scalars.push(Field { name: key, value })
                 }
-                _ => errors.push(line),
+                _ => self.errors.push(line),
             }
-            continue;
+        } else {
+            return false;
         }
+        true
+    }
+
+    /// A `name value` field, into the list of the section it is in.
+    fn field(&mut self, line: &'a str, t: &'a str) {
         let Some(field) = parse_kv(t) else {
-            errors.push(line);
-            continue;
+            self.errors.push(line);
+            return;
         };
-        let list = match section {
-            Section::NodeStats => match node_idx {
-                Some(i) => &mut zi.nodes[i].stats,
+        let zone = self.zi.zones.last_mut().expect("a zone once past Skip");
+        let list = match self.section {
+            Section::NodeStats => match self.node_idx {
+                Some(i) => &mut self.zi.nodes[i].stats,
                 None => {
-                    errors.push(line);
-                    continue;
+                    self.errors.push(line);
+                    return;
                 }
             },
             // Header keys are bare words; a statistic (older kernels print them before
             // `protection:`) has an underscore.
             Section::ZoneHeader if !field.name.contains('_') => &mut zone.header,
             Section::ZoneStart => {
-                errors.push(line);
-                continue;
+                self.errors.push(line);
+                return;
             }
             _ => &mut zone.stats,
         };
         if has(list, field.name) {
-            errors.push(line);
+            self.errors.push(line);
         } else {
             list.push(field);
         }
     }
-    (zi, errors)
 }
 
 fn has(list: &[Field], name: &str) -> bool {
