@@ -39,9 +39,7 @@ pub mod maps {
     pub const READING: &str = "READING";
     pub const KEYED_HISTS: &str = "KEYED_HISTS";
     pub const DEVICES: &str = "DEVICES";
-    /// Taken in `main.rs`'s `start_episodes`, still by its literal name there (for the
-    /// split of main.rs to switch).
-    #[allow(dead_code)]
+    /// The fork/exit ring buffer (`daemon::start_episodes`).
     pub const EVENTS: &str = "EVENTS";
     /// Every map the agent takes (checked against the object in `object_tests`).
     #[cfg(test)]
