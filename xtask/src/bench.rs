@@ -337,28 +337,15 @@ impl Overhead {
         mem: &mut [u8],
         file: &Path,
     ) -> Result<Self> {
+        let mut cow =
+            |observer: &Observer| measure(bin, observer, || Ok(cow_workload(mem)), &["pgfault"]);
         eprintln!("bench: COW workload, every hook");
-        let cow_all = measure(
-            bin,
-            &Observer::Memwatch(all),
-            || Ok(cow_workload(mem)),
-            &["pgfault"],
-        )?;
+        let cow_all = cow(&Observer::Memwatch(all))?;
         eprintln!("bench: COW workload, page_fault hook only");
-        let cow_pf = measure(
-            bin,
-            &Observer::Memwatch(pf_only),
-            || Ok(cow_workload(mem)),
-            &["pgfault"],
-        )?;
+        let cow_pf = cow(&Observer::Memwatch(pf_only))?;
         let reference = if which("bpftrace") {
             eprintln!("bench: COW workload, the bpftrace reference");
-            Some(measure(
-                bin,
-                &Observer::Bpftrace(BPFTRACE_REFERENCE),
-                || Ok(cow_workload(mem)),
-                &["pgfault"],
-            )?)
+            Some(cow(&Observer::Bpftrace(BPFTRACE_REFERENCE))?)
         } else {
             eprintln!("bench: no bpftrace: the reference line is left out");
             None
