@@ -136,20 +136,11 @@ fn check_grid_pos<'a>(
     boxes: &mut Vec<(&'a str, u64, u64, u64, u64)>,
 ) {
     let g = &p["gridPos"];
-    let (x, y, w, h) = (
-        g["x"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{title}: gridPos.x")),
-        g["y"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{title}: gridPos.y")),
-        g["w"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{title}: gridPos.w")),
-        g["h"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{title}: gridPos.h")),
-    );
+    let at = |k: &str| {
+        g[k].as_u64()
+            .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+    };
+    let (x, y, w, h) = (at("x"), at("y"), at("w"), at("h"));
     assert!(w >= 1 && h >= 1, "{name}: {title}: empty gridPos");
     assert!(x + w <= 24, "{name}: {title}: x {x} + w {w} > 24 columns");
     for (other, ox, oy, ow, oh) in boxes.iter() {
