@@ -50,6 +50,87 @@ fn u32_at(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
 }
 
+/// The type section and the string section of BTF blob `b`, as its header places them.
+fn sections(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let hdr_len = u32_at(b, 4)? as usize;
+    let type_off = u32_at(b, 8)? as usize;
+    let type_len = u32_at(b, 12)? as usize;
+    let str_off = u32_at(b, 16)? as usize;
+    let str_len = u32_at(b, 20)? as usize;
+    let tstart = hdr_len + type_off;
+    let sstart = hdr_len + str_off;
+    let strings = b.get(sstart..sstart + str_len)?;
+    let tb = b.get(tstart..tstart + type_len)?;
+    Some((tb, strings))
+}
+
+/// The types of type section `tb`, indexed by type id (id 0 is void).
+fn read_types(tb: &[u8]) -> Option<Vec<Type>> {
+    let mut types = vec![Type {
+        name: 0,
+        kind: 0,
+        kind_flag: false,
+        size_or_type: 0,
+        members: Vec::new(),
+        values: Vec::new(),
+    }];
+    let mut o = 0usize;
+    while o + 12 <= tb.len() {
+        types.push(read_type(tb, &mut o)?);
+    }
+    Some(types)
+}
+
+/// The type at offset `*o` of `tb`: its 12-byte header and what follows it; moves `*o`
+/// past both.
+fn read_type(tb: &[u8], o: &mut usize) -> Option<Type> {
+    let name = u32_at(tb, *o)?;
+    let info = u32_at(tb, *o + 4)?;
+    let size_or_type = u32_at(tb, *o + 8)?;
+    *o += 12;
+    let vlen = (info & 0xffff) as usize;
+    let kind = (info >> 24) & 0x1f;
+    let kind_flag = info >> 31 != 0;
+    let mut t = Type {
+        name,
+        kind,
+        kind_flag,
+        size_or_type,
+        members: Vec::new(),
+        values: Vec::new(),
+    };
+    match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => *o += 4,
+        KIND_ARRAY => *o += 12,
+        KIND_STRUCT | KIND_UNION => {
+            for _ in 0..vlen {
+                t.members
+                    .push((u32_at(tb, *o)?, u32_at(tb, *o + 4)?, u32_at(tb, *o + 8)?));
+                *o += 12;
+            }
+        }
+        KIND_ENUM => {
+            for _ in 0..vlen {
+                let v = u32_at(tb, *o + 4)? as i32 as i64;
+                t.values.push((u32_at(tb, *o)?, v));
+                *o += 8;
+            }
+        }
+        KIND_ENUM64 => {
+            for _ in 0..vlen {
+                let lo = u32_at(tb, *o + 4)? as u64;
+                let hi = u32_at(tb, *o + 8)? as u64;
+                t.values.push((u32_at(tb, *o)?, ((hi << 32) | lo) as i64));
+                *o += 12;
+            }
+        }
+        KIND_FUNC_PROTO => *o += 8 * vlen,
+        KIND_DATASEC => *o += 12 * vlen,
+        _ => {}
+    }
+    Some(t)
+}
+
 impl Btf {
     /// Reads /sys/kernel/btf/vmlinux.
     pub fn from_sys_fs() -> Result<Self, String> {
@@ -64,88 +145,25 @@ impl Btf {
         if u16_at(b, 0).ok_or_else(bad)? != MAGIC {
             return Err("not little-endian BTF (bad magic)".into());
         }
-        let hdr_len = u32_at(b, 4).ok_or_else(bad)? as usize;
-        let type_off = u32_at(b, 8).ok_or_else(bad)? as usize;
-        let type_len = u32_at(b, 12).ok_or_else(bad)? as usize;
-        let str_off = u32_at(b, 16).ok_or_else(bad)? as usize;
-        let str_len = u32_at(b, 20).ok_or_else(bad)? as usize;
-        let tstart = hdr_len + type_off;
-        let sstart = hdr_len + str_off;
-        let strings = b.get(sstart..sstart + str_len).ok_or_else(bad)?.to_vec();
-        let tb = b.get(tstart..tstart + type_len).ok_or_else(bad)?;
-        // Type id 0 is void.
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            kind_flag: false,
-            size_or_type: 0,
-            members: Vec::new(),
-            values: Vec::new(),
-        }];
-        let mut o = 0usize;
-        while o + 12 <= tb.len() {
-            let name = u32_at(tb, o).ok_or_else(bad)?;
-            let info = u32_at(tb, o + 4).ok_or_else(bad)?;
-            let size_or_type = u32_at(tb, o + 8).ok_or_else(bad)?;
-            o += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 != 0;
-            let mut t = Type {
-                name,
-                kind,
-                kind_flag,
-                size_or_type,
-                members: Vec::new(),
-                values: Vec::new(),
-            };
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => o += 4,
-                KIND_ARRAY => o += 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for _ in 0..vlen {
-                        t.members.push((
-                            u32_at(tb, o).ok_or_else(bad)?,
-                            u32_at(tb, o + 4).ok_or_else(bad)?,
-                            u32_at(tb, o + 8).ok_or_else(bad)?,
-                        ));
-                        o += 12;
-                    }
-                }
-                KIND_ENUM => {
-                    for _ in 0..vlen {
-                        let v = u32_at(tb, o + 4).ok_or_else(bad)? as i32 as i64;
-                        t.values.push((u32_at(tb, o).ok_or_else(bad)?, v));
-                        o += 8;
-                    }
-                }
-                KIND_ENUM64 => {
-                    for _ in 0..vlen {
-                        let lo = u32_at(tb, o + 4).ok_or_else(bad)? as u64;
-                        let hi = u32_at(tb, o + 8).ok_or_else(bad)? as u64;
-                        t.values
-                            .push((u32_at(tb, o).ok_or_else(bad)?, ((hi << 32) | lo) as i64));
-                        o += 12;
-                    }
-                }
-                KIND_FUNC_PROTO => o += 8 * vlen,
-                KIND_DATASEC => o += 12 * vlen,
-                _ => {}
-            }
-            types.push(t);
-        }
+        let (tb, strings) = sections(b).ok_or_else(bad)?;
+        let types = read_types(tb).ok_or_else(bad)?;
         let mut btf = Self {
             types,
-            strings,
+            strings: strings.to_vec(),
             by_name: HashMap::new(),
         };
-        for (id, t) in btf.types.iter().enumerate().skip(1) {
+        btf.index_names();
+        Ok(btf)
+    }
+
+    /// Fills `by_name`: every named type's ids, by name.
+    fn index_names(&mut self) {
+        for (id, t) in self.types.iter().enumerate().skip(1) {
             if t.name != 0 {
-                let n = btf.str(t.name).to_string();
-                btf.by_name.entry(n).or_default().push(id as u32);
+                let n = self.str(t.name).to_string();
+                self.by_name.entry(n).or_default().push(id as u32);
             }
         }
-        Ok(btf)
     }
 
     fn str(&self, off: u32) -> &str {

@@ -99,15 +99,7 @@ fn writes_after_the_child_exited_are_reuses() {
     }
     let cfg = TempFile::new("reuse.toml", "[tables]\nprocess_top_n = 100000\n");
     let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
-    let w = Workload::spawn(reuse_body);
-    w.expect(b'F');
-    let before = agent.scrape();
-    w.send(b'G');
-    w.expect(b'W');
-    let after = agent.scrape();
-    let pid = w.pid;
-    w.wait_done();
-    w.finish();
+    let (before, after, pid) = scrapes_around_writes(&agent, reuse_body);
     let wp = wp_faults(&after, pid) - wp_faults(&before, pid);
     println!("workload pid {pid}: {wp} write-protect faults for {PAGES} pages written");
     assert!((PAGES as f64..=PAGES as f64 * 1.02).contains(&wp), "{wp}");
@@ -151,16 +143,7 @@ fn parent_write_protect_faults_match_pages_written() {
     let cfg = TempFile::new("cow.toml", "[tables]\nprocess_top_n = 100000\n");
     let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
 
-    let w = Workload::spawn(cow_body);
-    w.expect(b'F');
-    let before = agent.scrape();
-    w.send(b'G');
-    w.expect(b'W');
-    let after = agent.scrape();
-    let pid = w.pid;
-    w.wait_done();
-    w.finish();
-
+    let (before, after, pid) = scrapes_around_writes(&agent, cow_body);
     let delta = wp_faults(&after, pid) - wp_faults(&before, pid);
     let (lo, hi) = (PAGES as f64, PAGES as f64 * 1.02);
     println!("workload pid {pid}: {delta} write-protect faults for {PAGES} pages written");
@@ -185,12 +168,37 @@ fn parent_write_protect_faults_match_pages_written() {
         println!("note: copies versus reuses not measured on this rung (tracepoint)");
     }
 
-    // bpftool (not memwatch) confirms the programs are in the kernel, then gone.
+    check_programs_loaded(&after);
+    let status = agent.stop();
+    assert!(status.success(), "memwatch exit status {status}");
+    check_programs_unloaded();
+}
+
+/// Runs workload `body` (it reports 'F' once ready, writes on 'G', reports 'W') with a
+/// scrape before and after its writes: (before, after, its pid).
+fn scrapes_around_writes(
+    agent: &Agent,
+    body: fn(&Ctl) -> i32,
+) -> (common::Metrics, common::Metrics, i32) {
+    let w = Workload::spawn(body);
+    w.expect(b'F');
+    let before = agent.scrape();
+    w.send(b'G');
+    w.expect(b'W');
+    let after = agent.scrape();
+    let pid = w.pid;
+    w.wait_done();
+    w.finish();
+    (before, after, pid)
+}
+
+/// bpftool (not memwatch) confirms the programs are in the kernel. With a rung forced
+/// (the VM harness runs the suite once per rung), the figures in scrape `after` came
+/// from that rung's COW program: memwatch says so, and bpftool shows a program of that
+/// type.
+fn check_programs_loaded(after: &common::Metrics) {
     let loaded = page_fault_programs();
     assert!(loaded.contains("tracepoint"), "bpftool prog show: {loaded}");
-    // With a rung forced (the VM harness runs the suite once per rung), the figure
-    // above came from that rung's COW program: memwatch says so, and bpftool shows a
-    // program of that type.
     let cow_type = match common::probe_mode().as_deref() {
         Some("fentry") => Some(("fentry", "tracing")),
         Some("kprobe") => Some(("kprobe", "kprobe")),
@@ -212,9 +220,11 @@ fn parent_write_protect_faults_match_pages_written() {
             "no {prog_type} program for do_wp_page in bpftool prog show: {cow:?}"
         );
     }
-    let status = agent.stop();
-    assert!(status.success(), "memwatch exit status {status}");
-    // Unloading can finish in a worker after the last reference goes: wait for it.
+}
+
+/// After memwatch stopped, bpftool shows its programs gone. Unloading can finish in a
+/// worker after the last reference goes: waits for it.
+fn check_programs_unloaded() {
     let gone = common::eventually(120, || {
         (page_fault_programs().trim().is_empty() && cow_programs().is_empty()).then_some(())
     });
@@ -356,30 +366,7 @@ fn a_scrape_includes_every_fault_before_it() {
     assert_ne!(page, libc::MAP_FAILED);
     SHARED.store(page as usize, Ordering::Relaxed);
     CPU.store(first_cpu(), Ordering::Relaxed);
-
-    for _ in 0..FILLERS {
-        // SAFETY: the child writes one byte of a static and leaves with _exit.
-        unsafe {
-            let pid = libc::fork();
-            assert!(pid >= 0, "fork");
-            if pid == 0 {
-                std::ptr::write_volatile(&raw mut FILLER_PAGE[7], 1);
-                libc::_exit(0);
-            }
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
-    // The fillers' rows reach the table as their counts move there (at exit, or when
-    // the next process counts on that CPU).
-    let mut rows = None;
-    let filled = common::eventually(300, || {
-        rows = agent
-            .scrape()
-            .get("memwatch_table_entries", &[("table", "procs")]);
-        (rows.unwrap_or(0.0) >= FILLERS as f64).then_some(())
-    });
-    assert!(filled.is_some(), "table rows: {rows:?}");
-    println!("{rows:?} rows in the process table");
+    fill_process_table(&agent);
 
     SLOT.store(0, Ordering::Relaxed);
     let a = Workload::spawn(counter_body);
@@ -389,33 +376,7 @@ fn a_scrape_includes_every_fault_before_it() {
     b.expect(b'R');
     let mut failures = Vec::new();
     for round in 0..ROUNDS {
-        let before = [
-            shared(0).load(Ordering::SeqCst),
-            shared(1).load(Ordering::SeqCst),
-        ];
-        let m = agent.scrape();
-        let after = [
-            shared(0).load(Ordering::SeqCst),
-            shared(1).load(Ordering::SeqCst),
-        ];
-        for (i, w) in [&a, &b].into_iter().enumerate() {
-            let got = m.sum(
-                "memwatch_process_page_faults_total",
-                &[("pid", &w.pid.to_string())],
-            );
-            let (lo, hi) = (before[i] as f64, after[i] as f64 + OTHER_FAULTS);
-            println!(
-                "round {round}, counter {i}: {got} faults, touched {lo}..{}",
-                after[i]
-            );
-            if !(lo..=hi).contains(&got) {
-                failures.push(format!(
-                    "round {round}: counter {i} (pid {}): {got} faults shown, {lo} touched \
-                     before the scrape began, {} by its end",
-                    w.pid, after[i]
-                ));
-            }
-        }
+        check_scrape(&agent, round, [&a, &b], &mut failures);
     }
     shared(2).store(1, Ordering::SeqCst);
     let m = agent.scrape();
@@ -429,4 +390,64 @@ fn a_scrape_includes_every_fault_before_it() {
     }
     assert!(agent.stop().success());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Forks FILLERS short-lived processes that each take a fault, and waits until the
+/// process table has their rows (they reach it as their counts move there: at exit,
+/// or when the next process counts on that CPU).
+fn fill_process_table(agent: &Agent) {
+    for _ in 0..FILLERS {
+        // SAFETY: the child writes one byte of a static and leaves with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                std::ptr::write_volatile(&raw mut FILLER_PAGE[7], 1);
+                libc::_exit(0);
+            }
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    let mut rows = None;
+    let filled = common::eventually(300, || {
+        rows = agent
+            .scrape()
+            .get("memwatch_table_entries", &[("table", "procs")]);
+        (rows.unwrap_or(0.0) >= FILLERS as f64).then_some(())
+    });
+    assert!(filled.is_some(), "table rows: {rows:?}");
+    println!("{rows:?} rows in the process table");
+}
+
+/// One scrape in `round`: each counter workload's faults must lie between its touches
+/// before the scrape began and those by its end (plus OTHER_FAULTS); what does not goes
+/// to `failures`.
+fn check_scrape(agent: &Agent, round: usize, counters: [&Workload; 2], failures: &mut Vec<String>) {
+    let before = [
+        shared(0).load(Ordering::SeqCst),
+        shared(1).load(Ordering::SeqCst),
+    ];
+    let m = agent.scrape();
+    let after = [
+        shared(0).load(Ordering::SeqCst),
+        shared(1).load(Ordering::SeqCst),
+    ];
+    for (i, w) in counters.into_iter().enumerate() {
+        let got = m.sum(
+            "memwatch_process_page_faults_total",
+            &[("pid", &w.pid.to_string())],
+        );
+        let (lo, hi) = (before[i] as f64, after[i] as f64 + OTHER_FAULTS);
+        println!(
+            "round {round}, counter {i}: {got} faults, touched {lo}..{}",
+            after[i]
+        );
+        if !(lo..=hi).contains(&got) {
+            failures.push(format!(
+                "round {round}: counter {i} (pid {}): {got} faults shown, {lo} touched \
+                 before the scrape began, {} by its end",
+                w.pid, after[i]
+            ));
+        }
+    }
 }

@@ -68,38 +68,8 @@ fn dashboards_are_well_formed() {
     for (name, text) in DASHBOARDS {
         let d: Value =
             serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: invalid JSON: {e}"));
-        let schema = d["schemaVersion"].as_u64();
-        assert!(
-            schema.is_some_and(|v| v >= 30),
-            "{name}: schemaVersion {schema:?}"
-        );
-        assert!(
-            d["uid"].as_str().is_some_and(|u| !u.is_empty()),
-            "{name}: no uid"
-        );
-        assert!(d["title"].as_str().is_some(), "{name}: no title");
-
-        // Variables: datasource, instance, comm, cgroup; the query ones use ${datasource}.
-        let vars: BTreeMap<&str, &Value> = d["templating"]["list"]
-            .as_array()
-            .expect("templating.list")
-            .iter()
-            .map(|v| (v["name"].as_str().unwrap(), v))
-            .collect();
-        for want in ["datasource", "instance", "comm", "cgroup"] {
-            assert!(vars.contains_key(want), "{name}: no ${want} variable");
-        }
-        assert_eq!(vars["datasource"]["type"], "datasource");
-        assert_eq!(vars["datasource"]["query"], "prometheus");
-        for (v, def) in &vars {
-            if def["type"] == "query" {
-                assert!(
-                    is_datasource_var(&def["datasource"]),
-                    "{name}: variable {v} does not use ${{datasource}}"
-                );
-            }
-        }
-
+        let schema = check_header(name, &d);
+        check_variables(name, &d);
         let all = panels(&d);
         let mut ids = BTreeSet::new();
         let mut boxes: Vec<(&str, u64, u64, u64, u64)> = Vec::new();
@@ -109,58 +79,99 @@ fn dashboards_are_well_formed() {
                 .as_u64()
                 .unwrap_or_else(|| panic!("{name}: {title}: no id"));
             assert!(ids.insert(id), "{name}: panel id {id} ({title}) twice");
-            let g = &p["gridPos"];
-            let (x, y, w, h) = (
-                g["x"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("{title}: gridPos.x")),
-                g["y"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("{title}: gridPos.y")),
-                g["w"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("{title}: gridPos.w")),
-                g["h"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("{title}: gridPos.h")),
-            );
-            assert!(w >= 1 && h >= 1, "{name}: {title}: empty gridPos");
-            assert!(x + w <= 24, "{name}: {title}: x {x} + w {w} > 24 columns");
-            for (other, ox, oy, ow, oh) in &boxes {
-                let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
-                assert!(!overlap, "{name}: {title} overlaps {other}");
-            }
-            boxes.push((title, x, y, w, h));
-
+            check_grid_pos(name, title, p, &mut boxes);
             if p["type"] == "row" {
                 continue;
             }
-            assert!(
-                is_datasource_var(&p["datasource"]),
-                "{name}: {title}: datasource is not ${{datasource}}"
-            );
-            let targets = p["targets"].as_array().expect("targets");
-            assert!(!targets.is_empty(), "{name}: {title}: no query");
-            let mut refs = BTreeSet::new();
-            for t in targets {
-                assert!(
-                    is_datasource_var(&t["datasource"]),
-                    "{name}: {title}: a query's datasource is not ${{datasource}}"
-                );
-                assert!(
-                    t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
-                    "{name}: {title}: empty expr"
-                );
-                assert!(
-                    refs.insert(t["refId"].as_str().unwrap_or("")),
-                    "{name}: {title}: refId twice"
-                );
-            }
+            check_queries(name, title, p);
         }
-        println!(
-            "{name}: {} panels, schemaVersion {}",
-            all.len(),
-            schema.unwrap()
+        println!("{name}: {} panels, schemaVersion {schema}", all.len());
+    }
+}
+
+/// Checks dashboard `d`'s schemaVersion (30 or later, returned), uid and title.
+fn check_header(name: &str, d: &Value) -> u64 {
+    let schema = d["schemaVersion"].as_u64();
+    assert!(
+        schema.is_some_and(|v| v >= 30),
+        "{name}: schemaVersion {schema:?}"
+    );
+    assert!(
+        d["uid"].as_str().is_some_and(|u| !u.is_empty()),
+        "{name}: no uid"
+    );
+    assert!(d["title"].as_str().is_some(), "{name}: no title");
+    schema.unwrap()
+}
+
+/// Variables: datasource, instance, comm, cgroup; the query ones use ${datasource}.
+fn check_variables(name: &str, d: &Value) {
+    let vars: BTreeMap<&str, &Value> = d["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    for want in ["datasource", "instance", "comm", "cgroup"] {
+        assert!(vars.contains_key(want), "{name}: no ${want} variable");
+    }
+    assert_eq!(vars["datasource"]["type"], "datasource");
+    assert_eq!(vars["datasource"]["query"], "prometheus");
+    for (v, def) in &vars {
+        if def["type"] == "query" {
+            assert!(
+                is_datasource_var(&def["datasource"]),
+                "{name}: variable {v} does not use ${{datasource}}"
+            );
+        }
+    }
+}
+
+/// Checks that panel `p`'s gridPos is complete, not empty, within the 24 columns and
+/// clear of the panels in `boxes` (the earlier ones); then adds it to `boxes`.
+fn check_grid_pos<'a>(
+    name: &str,
+    title: &'a str,
+    p: &Value,
+    boxes: &mut Vec<(&'a str, u64, u64, u64, u64)>,
+) {
+    let g = &p["gridPos"];
+    let at = |k: &str| {
+        g[k].as_u64()
+            .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+    };
+    let (x, y, w, h) = (at("x"), at("y"), at("w"), at("h"));
+    assert!(w >= 1 && h >= 1, "{name}: {title}: empty gridPos");
+    assert!(x + w <= 24, "{name}: {title}: x {x} + w {w} > 24 columns");
+    for (other, ox, oy, ow, oh) in boxes.iter() {
+        let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+        assert!(!overlap, "{name}: {title} overlaps {other}");
+    }
+    boxes.push((title, x, y, w, h));
+}
+
+/// Checks that (non-row) panel `p` and each of its queries use ${datasource}, and that
+/// it has queries, none empty, with distinct refIds.
+fn check_queries(name: &str, title: &str, p: &Value) {
+    assert!(
+        is_datasource_var(&p["datasource"]),
+        "{name}: {title}: datasource is not ${{datasource}}"
+    );
+    let targets = p["targets"].as_array().expect("targets");
+    assert!(!targets.is_empty(), "{name}: {title}: no query");
+    let mut refs = BTreeSet::new();
+    for t in targets {
+        assert!(
+            is_datasource_var(&t["datasource"]),
+            "{name}: {title}: a query's datasource is not ${{datasource}}"
+        );
+        assert!(
+            t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+            "{name}: {title}: empty expr"
+        );
+        assert!(
+            refs.insert(t["refId"].as_str().unwrap_or("")),
+            "{name}: {title}: refId twice"
         );
     }
 }
@@ -700,19 +711,9 @@ fn unfed_reason(expr: &str, modes: &BTreeMap<(String, String), String>) -> Optio
 #[test]
 fn prometheus_evaluates_every_panel_and_rule() {
     let test = "prometheus_evaluates_every_panel_and_rule";
-    if !root_or_skip(test) {
-        return;
-    }
-    let Some(prom_bin) = tool(test, "Prometheus", &[PathBuf::from("/usr/bin/prometheus")]) else {
+    let Some(prom_bin) = live_prerequisites(test) else {
         return;
     };
-    if !repo().join("deploy/prometheus").is_dir() {
-        println!(
-            "SKIP {test}: no source tree (the rule files) at {}",
-            repo().display()
-        );
-        return;
-    }
     let cfg = TempFile::new(
         "dashboards.toml",
         &format!(
@@ -729,10 +730,89 @@ fn prometheus_evaluates_every_panel_and_rule() {
         (!prom.good_scrapes().is_empty()).then_some(())
     });
 
-    // Workloads, one after the other, while Prometheus scrapes. The COW workload's
-    // children live until Prometheus has the running episode's live COW series, as the
-    // "Live COW of running episodes" panel shows it: the same range query (same start,
-    // same steps) that the panel check below runs.
+    // Workloads, one after the other, while Prometheus scrapes.
+    let cow = run_cow_workload(&prom, &agent, start);
+
+    let dirty = std::env::temp_dir().join(format!("memwatch-test-dash-{}", std::process::id()));
+    let _dirty_cleanup = TempFile(dirty.clone());
+    let w = run_dirty_workload(&dirty);
+
+    let cg = Memcg::create("dash", MEMCG_LIMIT);
+    let _read_cleanup;
+    let reader = if let Some(cg) = &cg {
+        let read =
+            std::env::temp_dir().join(format!("memwatch-test-dash-{}-read", std::process::id()));
+        _read_cleanup = TempFile(read.clone());
+        Some(run_reclaim_workload(cg, &read))
+    } else {
+        println!("{test}: no writable memory cgroup: the reclaim workload does not run");
+        None
+    };
+
+    let at = scrape_after_workloads(test, &prom);
+    let live = Live {
+        prom: &prom,
+        range: When::Range(start, at),
+        instant: When::At(at),
+        modes: probe_modes(&prom, When::At(at)),
+    };
+    let mut eval = Evaluation::default();
+    for (name, text) in DASHBOARDS {
+        let d: Value = serde_json::from_str(text).unwrap();
+        eval.variables(&live, name, &d);
+        for p in panels(&d) {
+            eval.panel(&live, name, p);
+        }
+    }
+    eval.rules(&live);
+    eval.rule_health(&prom);
+
+    println!(
+        "{test}: {} panels returned series, {} rule expressions evaluated",
+        eval.fed, eval.rules
+    );
+    for u in &eval.unfed {
+        println!("not fed on this rung: {u}");
+    }
+    if let Some(r) = reader {
+        r.finish();
+    }
+    cow.finish();
+    w.finish();
+    drop(prom);
+    drop(agent);
+    let failures = eval.failures;
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// What the live test needs: root, Debian's Prometheus (returned) and the source tree's
+/// rule files; a skip line otherwise.
+fn live_prerequisites(test: &str) -> Option<PathBuf> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let prom_bin = tool(test, "Prometheus", &[PathBuf::from("/usr/bin/prometheus")])?;
+    if !repo().join("deploy/prometheus").is_dir() {
+        println!(
+            "SKIP {test}: no source tree (the rule files) at {}",
+            repo().display()
+        );
+        return None;
+    }
+    Some(prom_bin)
+}
+
+/// Runs the COW workload to its end and waits until the agent has ended both its
+/// episodes (their figures are in memwatch_fork_episode_*). Its children live until
+/// Prometheus has the running episode's live COW series, as the "Live COW of running
+/// episodes" panel shows it: the same range query (same `start`, same steps) that the
+/// panel check runs.
+fn run_cow_workload(prom: &Prometheus, agent: &Agent, start: f64) -> Workload {
     let cow = Workload::spawn(cow_body);
     for _ in 0..2 {
         let child = cow.read_u64();
@@ -751,7 +831,6 @@ fn prometheus_evaluates_every_panel_and_rule() {
     }
     cow.expect(b'C');
     cow.wait_done();
-    // The agent has ended both episodes (their figures are in memwatch_fork_episode_*).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let body = http_get(agent.port, &format!("/api/episodes?pid={}", cow.pid)).unwrap();
@@ -765,51 +844,50 @@ fn prometheus_evaluates_every_panel_and_rule() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    cow
+}
 
-    let dirty = std::env::temp_dir().join(format!("memwatch-test-dash-{}", std::process::id()));
-    let _dirty_cleanup = TempFile(dirty.clone());
-    DIRTY_PATH.get_or_init(|| CString::new(dirty.to_str().unwrap()).unwrap());
+/// Runs the dirty-page workload, writing `path`, to its end.
+fn run_dirty_workload(path: &Path) -> Workload {
+    DIRTY_PATH.get_or_init(|| CString::new(path.to_str().unwrap()).unwrap());
     let w = Workload::spawn(dirty_body);
     w.expect(b'W');
     w.wait_done();
+    w
+}
 
-    let cg = Memcg::create("dash", MEMCG_LIMIT);
-    let _read_cleanup;
-    let reader = if let Some(cg) = &cg {
-        let read =
-            std::env::temp_dir().join(format!("memwatch-test-dash-{}-read", std::process::id()));
-        _read_cleanup = TempFile(read.clone());
-        {
-            use std::os::fd::AsRawFd;
-            let mut f = std::fs::File::create(&read).unwrap();
-            let chunk = vec![0xa5u8; 1 << 20];
-            for _ in 0..READ_BYTES >> 20 {
-                f.write_all(&chunk).unwrap();
-            }
-            f.sync_all().unwrap();
-            // SAFETY: a valid open fd.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+/// Writes READ_BYTES to `read` (out of the page cache again) and runs the reclaim
+/// workload, reading it in cgroup `cg`, to its end.
+fn run_reclaim_workload(cg: &Memcg, read: &Path) -> Workload {
+    {
+        use std::os::fd::AsRawFd;
+        let mut f = std::fs::File::create(read).unwrap();
+        let chunk = vec![0xa5u8; 1 << 20];
+        for _ in 0..READ_BYTES >> 20 {
+            f.write_all(&chunk).unwrap();
         }
-        READ_PATH.get_or_init(|| CString::new(read.to_str().unwrap()).unwrap());
-        let procs = cg.dir.join("cgroup.procs");
-        CGROUP_PROCS.get_or_init(|| CString::new(procs.to_str().unwrap()).unwrap());
-        let r = Workload::spawn(reader_body);
-        r.expect(b'R');
-        r.wait_done();
-        Some(r)
-    } else {
-        println!("{test}: no writable memory cgroup: the reclaim workload does not run");
-        None
-    };
+        f.sync_all().unwrap();
+        // SAFETY: a valid open fd.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    READ_PATH.get_or_init(|| CString::new(read.to_str().unwrap()).unwrap());
+    let procs = cg.dir.join("cgroup.procs");
+    CGROUP_PROCS.get_or_init(|| CString::new(procs.to_str().unwrap()).unwrap());
+    let r = Workload::spawn(reader_body);
+    r.expect(b'R');
+    r.wait_done();
+    r
+}
 
-    // Scrapes after the workloads, so the last counters are in: a successful scrape
-    // begun at least two intervals after they finished, and at least two successful
-    // ones after they finished (a rate needs two samples). Every query below is
-    // evaluated at that scrape's time, so a later failed scrape (which marks every
-    // series stale) changes nothing.
+/// Waits for the scrapes after the workloads, so the last counters are in, and returns
+/// the time of the last: a successful scrape begun at least two intervals after they
+/// finished, and at least two successful ones after they finished (a rate needs two
+/// samples). Every query is evaluated at that scrape's time, so a later failed scrape
+/// (which marks every series stale) changes nothing.
+fn scrape_after_workloads(test: &str, prom: &Prometheus) -> f64 {
     let done = now();
     let two = 2.0 * SCRAPE_INTERVAL as f64;
-    let at = prom.wait_for(
+    prom.wait_for(
         120,
         "no two successful scrapes of memwatch after the workloads",
         || {
@@ -825,11 +903,11 @@ fn prometheus_evaluates_every_panel_and_rule() {
                 last
             })
         },
-    );
-    let range = When::Range(start, at);
-    let instant = When::At(at);
+    )
+}
 
-    // What rung each hook runs on, as Prometheus has it.
+/// What rung each hook runs on, as Prometheus has it: (family, hook) -> mode.
+fn probe_modes(prom: &Prometheus, instant: When) -> BTreeMap<(String, String), String> {
     let modes: BTreeMap<(String, String), String> = prom
         .query("memwatch_probe_info", instant)
         .unwrap()
@@ -846,13 +924,35 @@ fn prometheus_evaluates_every_panel_and_rule() {
         })
         .collect();
     assert!(!modes.is_empty(), "no memwatch_probe_info in Prometheus");
+    modes
+}
 
-    let mut failures = Vec::new();
-    let mut unfed = Vec::new();
-    let mut fed = 0;
-    for (name, text) in DASHBOARDS {
-        let d: Value = serde_json::from_str(text).unwrap();
-        // Variable queries: label_values(selector, label) must find values.
+/// Prometheus after the workloads, and how the queries are evaluated there.
+struct Live<'a> {
+    prom: &'a Prometheus,
+    /// From before the workloads to the last scrape after them (panel queries).
+    range: When,
+    /// At the last scrape after the workloads (instant queries, variables, rules).
+    instant: When,
+    /// What rung each hook runs on.
+    modes: BTreeMap<(String, String), String>,
+}
+
+/// What evaluating the dashboards and rules in Prometheus found.
+#[derive(Default)]
+struct Evaluation {
+    failures: Vec<String>,
+    /// Panels the running rung can't feed, with the reason.
+    unfed: Vec<String>,
+    /// Panels every query of which returned series.
+    fed: usize,
+    /// Rule expressions evaluated.
+    rules: usize,
+}
+
+impl Evaluation {
+    /// Variable queries of dashboard `d`: label_values(selector, label) must find values.
+    fn variables(&mut self, live: &Live, name: &str, d: &Value) {
         for v in d["templating"]["list"].as_array().unwrap() {
             let Some(q) = v["query"]["query"].as_str() else {
                 continue;
@@ -865,82 +965,76 @@ fn prometheus_evaluates_every_panel_and_rule() {
             };
             let (sel, label) = inner.rsplit_once(',').unwrap();
             let sel = substitute(sel.trim());
-            match prom.query(&sel, instant) {
+            match live.prom.query(&sel, live.instant) {
                 Ok(r) if r.iter().any(|s| s["metric"][label.trim()].is_string()) => {}
-                Ok(_) => failures.push(format!(
+                Ok(_) => self.failures.push(format!(
                     "{name}: variable {}: no {} values from {sel}",
                     v["name"],
                     label.trim()
                 )),
-                Err(e) => failures.push(format!("{name}: variable {}: {sel}: {e}", v["name"])),
-            }
-        }
-        for p in panels(&d) {
-            let Some(targets) = p["targets"].as_array() else {
-                continue;
-            };
-            let title = p["title"].as_str().unwrap();
-            // Every query of the panel must return series, or be one the running
-            // rung can't feed (then the panel is listed, with the reason).
-            let mut reasons = Vec::new();
-            let mut empty = 0;
-            for t in targets {
-                let expr = substitute(t["expr"].as_str().unwrap());
-                let is_instant = t["instant"].as_bool().unwrap_or(false);
-                match prom.query(&expr, if is_instant { instant } else { range }) {
-                    Ok(r) if !r.is_empty() => {}
-                    Ok(_) => {
-                        empty += 1;
-                        match unfed_reason(&expr, &modes) {
-                            Some(why) => reasons.push(why),
-                            None => {
-                                failures.push(format!("{name}: {title}: no series from {expr}"))
-                            }
-                        }
-                    }
-                    Err(e) => failures.push(format!("{name}: {title}: {expr}: {e}")),
-                }
-            }
-            if empty == 0 {
-                fed += 1;
-            } else if !reasons.is_empty() {
-                unfed.push(format!("{name}: {title}: {}", reasons.join("; ")));
-            }
-        }
-    }
-    let mut rules = 0;
-    for (rule, expr) in rule_exprs() {
-        match prom.query(&expr, instant) {
-            Ok(_) => rules += 1,
-            Err(e) => failures.push(format!("rule {rule}: {expr}: {e}")),
-        }
-    }
-    // Prometheus loaded the rule files itself and evaluates them without errors.
-    let rule_health = get(prom.port, "/api/v1/rules").unwrap().1;
-    let v: Value = serde_json::from_str(&rule_health).unwrap();
-    for g in v["data"]["groups"].as_array().unwrap() {
-        for r in g["rules"].as_array().unwrap() {
-            if r["health"] == "err" {
-                failures.push(format!("rule {} unhealthy: {}", r["name"], r["lastError"]));
+                Err(e) => self
+                    .failures
+                    .push(format!("{name}: variable {}: {sel}: {e}", v["name"])),
             }
         }
     }
 
-    println!("{test}: {fed} panels returned series, {rules} rule expressions evaluated");
-    for u in &unfed {
-        println!("not fed on this rung: {u}");
+    /// Every query of panel `p` must return series, or be one the running rung can't
+    /// feed (then the panel is listed, with the reason).
+    fn panel(&mut self, live: &Live, name: &str, p: &Value) {
+        let Some(targets) = p["targets"].as_array() else {
+            return;
+        };
+        let title = p["title"].as_str().unwrap();
+        let mut reasons = Vec::new();
+        let mut empty = 0;
+        for t in targets {
+            let expr = substitute(t["expr"].as_str().unwrap());
+            let is_instant = t["instant"].as_bool().unwrap_or(false);
+            let when = if is_instant { live.instant } else { live.range };
+            match live.prom.query(&expr, when) {
+                Ok(r) if !r.is_empty() => {}
+                Ok(_) => {
+                    empty += 1;
+                    match unfed_reason(&expr, &live.modes) {
+                        Some(why) => reasons.push(why),
+                        None => self
+                            .failures
+                            .push(format!("{name}: {title}: no series from {expr}")),
+                    }
+                }
+                Err(e) => self.failures.push(format!("{name}: {title}: {expr}: {e}")),
+            }
+        }
+        if empty == 0 {
+            self.fed += 1;
+        } else if !reasons.is_empty() {
+            self.unfed
+                .push(format!("{name}: {title}: {}", reasons.join("; ")));
+        }
     }
-    if let Some(r) = reader {
-        r.finish();
+
+    /// Every rule and alert expression must evaluate.
+    fn rules(&mut self, live: &Live) {
+        for (rule, expr) in rule_exprs() {
+            match live.prom.query(&expr, live.instant) {
+                Ok(_) => self.rules += 1,
+                Err(e) => self.failures.push(format!("rule {rule}: {expr}: {e}")),
+            }
+        }
     }
-    cow.finish();
-    w.finish();
-    drop(prom);
-    drop(agent);
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+
+    /// Prometheus loaded the rule files itself and evaluates them without errors.
+    fn rule_health(&mut self, prom: &Prometheus) {
+        let rule_health = get(prom.port, "/api/v1/rules").unwrap().1;
+        let v: Value = serde_json::from_str(&rule_health).unwrap();
+        for g in v["data"]["groups"].as_array().unwrap() {
+            for r in g["rules"].as_array().unwrap() {
+                if r["health"] == "err" {
+                    self.failures
+                        .push(format!("rule {} unhealthy: {}", r["name"], r["lastError"]));
+                }
+            }
+        }
+    }
 }

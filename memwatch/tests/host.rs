@@ -109,7 +109,39 @@ fn probes_report_matches_run() {
         text.contains("faults/page_fault: run uses tracepoint"),
         "{text}"
     );
+    let chosen = check_cow_rungs(&text);
 
+    let agent = Agent::start(&[]);
+    let m = agent.scrape();
+    assert_eq!(
+        m.get(
+            "memwatch_probe_info",
+            &[
+                ("family", "faults"),
+                ("hook", "page_fault"),
+                ("mode", "tracepoint")
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get(
+            "memwatch_probe_info",
+            &[("family", "cow"), ("hook", "do_wp_page"), ("mode", &chosen)]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    assert!(agent.stop().success());
+}
+
+/// The do_wp_page block of the `memwatch probes` report `text`: the rung run picks
+/// (the forced one, if a mode is forced) is marked, and every rung above it says why it
+/// can't be used. Returns the rung picked.
+fn check_cow_rungs(text: &str) -> String {
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
         || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
     let cow: Vec<&str> = text
@@ -150,32 +182,7 @@ fn probes_report_matches_run() {
             .map_or("", |(_, why)| why);
         assert!(reason.len() > 5, "{rung} has no reason: {l}");
     }
-
-    let agent = Agent::start(&[]);
-    let m = agent.scrape();
-    assert_eq!(
-        m.get(
-            "memwatch_probe_info",
-            &[
-                ("family", "faults"),
-                ("hook", "page_fault"),
-                ("mode", "tracepoint")
-            ]
-        ),
-        Some(1.0),
-        "{}",
-        m.text
-    );
-    assert_eq!(
-        m.get(
-            "memwatch_probe_info",
-            &[("family", "cow"), ("hook", "do_wp_page"), ("mode", &chosen)]
-        ),
-        Some(1.0),
-        "{}",
-        m.text
-    );
-    assert!(agent.stop().success());
+    chosen
 }
 
 /// Forcing the tracepoint rung works and is reported.

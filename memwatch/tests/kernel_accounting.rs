@@ -238,8 +238,8 @@ fn zoneinfo_matches_proc() {
     let (agent, _cfg) = start_proc_only("", &[]);
     let order = zone_order();
     // Statistic -> (family, counter), per-zone and per-node, from the first scrape.
-    let mut zone_families: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    let mut node_families: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut zone_families: Families = BTreeMap::new();
+    let mut node_families: Families = BTreeMap::new();
     confirm_in_rounds("zoneinfo", |round| {
         let (zb, nb) = read_zoneinfo();
         let m = agent.scrape();
@@ -253,150 +253,262 @@ fn zoneinfo_matches_proc() {
         }
         let mut readings = BTreeMap::new();
         for ((node, zone), b) in &zb {
-            let a = &za[&(node.clone(), zone.clone())];
-            let l = [("node", node.as_str()), ("zone", zone.as_str())];
-            let key = |f: &str| format!("{node}/{zone} {f}");
-            let free = m
-                .get("memwatch_zoneinfo_free_pages", &l)
-                .unwrap_or_else(|| panic!("no free pages for {node}/{zone}"));
-            readings.insert(
-                key("pages free"),
-                Reading::new(Bound::Between, free, b.free, a.free),
-            );
-            // zoneinfo prints each watermark as the zone's own mark plus its
-            // watermark_boost, which an allocation raises when it steals a pageblock of
-            // another migratetype and kswapd sets back to 0: gauges. Where the boost is
-            // printed too (memwatch exports it on its own), mark minus boost is the mark
-            // computed from min_free_kbytes and watermark_scale_factor, which stays put:
-            // equal to both reads (in a round: the kernel reads the boost once per line).
-            let boost = b.fields.get("boost").map(|bb| {
-                let v = m
-                    .get("memwatch_zoneinfo_boost_pages", &l)
-                    .unwrap_or_else(|| panic!("no boost for {node}/{zone}"));
-                (v, *bb, a.fields["boost"])
-            });
-            if let Some((v, bb, ab)) = boost {
-                readings.insert(key("boost"), Reading::new(Bound::Between, v, bb, ab));
-            }
-            for wm in ["min", "low", "high", "promo"] {
-                let Some(bv) = b.fields.get(wm) else { continue };
-                let lw = [
-                    ("node", node.as_str()),
-                    ("zone", zone.as_str()),
-                    ("watermark", wm),
-                ];
-                let v = m
-                    .get("memwatch_zoneinfo_watermark_pages", &lw)
-                    .unwrap_or_else(|| panic!("no {wm} watermark for {node}/{zone}"));
-                let av = a.fields[wm];
-                readings.insert(key(wm), Reading::new(Bound::Between, v, *bv, av));
-                if let Some((vb, bb, ab)) = boost {
-                    readings.insert(
-                        key(&format!("{wm} - boost")),
-                        Reading::new(Bound::Exact, v - vb, bv - bb, av - ab),
-                    );
-                }
-            }
-            // Headroom is free minus high, from the same read of the file.
-            let managed = b.fields.get("managed").copied().unwrap_or(1.0);
-            let headroom = m.get("memwatch_zoneinfo_headroom_pages", &l);
-            if managed > 0.0 {
-                let high = m
-                    .get(
-                        "memwatch_zoneinfo_watermark_pages",
-                        &[("node", node), ("zone", zone), ("watermark", "high")],
-                    )
-                    .unwrap();
-                assert_eq!(headroom, Some(free - high), "{node}/{zone}");
-            } else {
-                assert_eq!(headroom, None, "{node}/{zone} has no managed pages");
-            }
+            let z = ZoneRead {
+                m: &m,
+                node,
+                zone,
+                b,
+                a: &za[&(node.clone(), zone.clone())],
+            };
+            let free = z.free_and_watermarks(&mut readings);
+            z.check_headroom(free);
             if round == 0 {
-                // Sizes fixed at boot (no memory hotplug or balloon here): exactly.
-                for f in ["spanned", "present", "managed", "cma"] {
-                    let Some(bv) = b.fields.get(f) else { continue };
-                    let v = m
-                        .get(&format!("memwatch_zoneinfo_{f}_pages"), &l)
-                        .unwrap_or_else(|| panic!("no {f} for {node}/{zone}"));
-                    let av = a.fields[f];
-                    assert!(
-                        Reading::new(Bound::Exact, v, *bv, av).holds(),
-                        "{node}/{zone} {f} = {v}, the kernel said {bv} then {av}"
-                    );
-                }
-                // The protection array (lowmem_reserve, set from the zone sizes and
-                // lowmem_reserve_ratio), labelled by the zone each entry is for (the
-                // node's zones in file order): exactly.
-                let node_zones: Vec<&str> = order
-                    .iter()
-                    .filter(|(n, _)| n == node)
-                    .map(|(_, z)| z.as_str())
-                    .collect();
-                for (i, p) in b.protection.iter().enumerate() {
-                    let lp = [
-                        ("node", node.as_str()),
-                        ("zone", zone.as_str()),
-                        ("alloc_zone", node_zones[i]),
-                    ];
-                    let v = m.get("memwatch_zoneinfo_protection_pages", &lp).unwrap();
-                    let av = a.protection[i];
-                    assert!(
-                        Reading::new(Bound::Exact, v, *p, av).holds(),
-                        "{node}/{zone} protection {lp:?} = {v}, the kernel said {p} then {av}"
-                    );
-                }
+                z.check_sizes();
+                z.check_protection(&order);
             }
-            // Per-zone statistics: every one; counters between the reads.
-            for (f, bv) in &b.fields {
-                if !(f.starts_with("nr_") || f.starts_with("numa_")) {
-                    continue;
-                }
-                let (name, counter) = zone_families.entry(f.clone()).or_insert_with(|| {
-                    let (name, ty) =
-                        family_for(&m, &format!("/proc/zoneinfo per-zone statistic {f}."))
-                            .unwrap_or_else(|| panic!("no family for zone stat {f}"));
-                    assert_eq!(ty == "counter", f.starts_with("numa_"), "{name} is a {ty}");
-                    (name, ty == "counter")
-                });
-                let v = m
-                    .get(name, &l)
-                    .unwrap_or_else(|| panic!("no {name} for {node}/{zone}"));
-                let av = a.fields[f];
-                if NUMA_EVENTS.contains(&f.as_str()) {
-                    readings.insert(key(f), Reading::new(Bound::Rising, v, *bv, av));
-                } else if *counter {
-                    assert_rising(&format!("{name} {l:?}"), v, *bv, av);
-                } else {
-                    readings.insert(key(f), Reading::new(Bound::Between, v, *bv, av));
-                }
-            }
+            z.statistics(&mut zone_families, &mut readings);
         }
         // The per-node block.
         for (node, stats) in &nb {
-            for (f, bv) in stats {
-                let (name, counter) = node_families.entry(f.clone()).or_insert_with(|| {
-                    let (name, ty) =
-                        family_for(&m, &format!("/proc/zoneinfo per-node statistic {f}."))
-                            .unwrap_or_else(|| panic!("no family for node stat {f}"));
-                    (name, ty == "counter")
-                });
-                let v = m
-                    .get(name, &[("node", node)])
-                    .unwrap_or_else(|| panic!("no {name} for node {node}"));
-                let av = na[node][f];
-                let key = format!("node {node} {f}");
-                if NUMA_EVENTS.contains(&f.as_str()) {
-                    readings.insert(key, Reading::new(Bound::Rising, v, *bv, av));
-                } else if *counter {
-                    assert_rising(&format!("{name} node {node}"), v, *bv, av);
-                } else {
-                    readings.insert(key, Reading::new(Bound::Between, v, *bv, av));
-                }
-            }
+            node_statistics(
+                &m,
+                node,
+                stats,
+                &na[node],
+                &mut node_families,
+                &mut readings,
+            );
         }
         readings
     });
     assert!(agent.stop().success());
+}
+
+/// Statistic -> (family, counter), as the first scrape showed it.
+type Families = BTreeMap<String, (String, bool)>;
+
+/// One zone as the scrape `m` shows it, with the reads of /proc/zoneinfo before (`b`)
+/// and after (`a`) it.
+struct ZoneRead<'a> {
+    m: &'a Metrics,
+    node: &'a str,
+    zone: &'a str,
+    b: &'a Zone,
+    a: &'a Zone,
+}
+
+impl ZoneRead<'_> {
+    fn labels(&self) -> [(&str, &str); 2] {
+        [("node", self.node), ("zone", self.zone)]
+    }
+
+    fn key(&self, f: &str) -> String {
+        format!("{}/{} {f}", self.node, self.zone)
+    }
+
+    /// Adds the readings of free pages, the boost and the watermarks; returns memwatch's
+    /// free pages.
+    fn free_and_watermarks(&self, readings: &mut BTreeMap<String, Reading>) -> f64 {
+        let (m, node, zone, b, a) = (self.m, self.node, self.zone, self.b, self.a);
+        let l = self.labels();
+        let free = m
+            .get("memwatch_zoneinfo_free_pages", &l)
+            .unwrap_or_else(|| panic!("no free pages for {node}/{zone}"));
+        readings.insert(
+            self.key("pages free"),
+            Reading::new(Bound::Between, free, b.free, a.free),
+        );
+        // zoneinfo prints each watermark as the zone's own mark plus its
+        // watermark_boost, which an allocation raises when it steals a pageblock of
+        // another migratetype and kswapd sets back to 0: gauges. Where the boost is
+        // printed too (memwatch exports it on its own), mark minus boost is the mark
+        // computed from min_free_kbytes and watermark_scale_factor, which stays put:
+        // equal to both reads (in a round: the kernel reads the boost once per line).
+        let boost = b.fields.get("boost").map(|bb| {
+            let v = m
+                .get("memwatch_zoneinfo_boost_pages", &l)
+                .unwrap_or_else(|| panic!("no boost for {node}/{zone}"));
+            (v, *bb, a.fields["boost"])
+        });
+        if let Some((v, bb, ab)) = boost {
+            readings.insert(self.key("boost"), Reading::new(Bound::Between, v, bb, ab));
+        }
+        for wm in ["min", "low", "high", "promo"] {
+            let Some(bv) = b.fields.get(wm) else { continue };
+            let lw = [("node", node), ("zone", zone), ("watermark", wm)];
+            let v = m
+                .get("memwatch_zoneinfo_watermark_pages", &lw)
+                .unwrap_or_else(|| panic!("no {wm} watermark for {node}/{zone}"));
+            let av = a.fields[wm];
+            readings.insert(self.key(wm), Reading::new(Bound::Between, v, *bv, av));
+            if let Some((vb, bb, ab)) = boost {
+                readings.insert(
+                    self.key(&format!("{wm} - boost")),
+                    Reading::new(Bound::Exact, v - vb, bv - bb, av - ab),
+                );
+            }
+        }
+        free
+    }
+
+    /// Headroom is free minus high, from the same read of the file (none without
+    /// managed pages).
+    fn check_headroom(&self, free: f64) {
+        let (node, zone) = (self.node, self.zone);
+        let managed = self.b.fields.get("managed").copied().unwrap_or(1.0);
+        let headroom = self
+            .m
+            .get("memwatch_zoneinfo_headroom_pages", &self.labels());
+        if managed > 0.0 {
+            let high = self
+                .m
+                .get(
+                    "memwatch_zoneinfo_watermark_pages",
+                    &[("node", node), ("zone", zone), ("watermark", "high")],
+                )
+                .unwrap();
+            assert_eq!(headroom, Some(free - high), "{node}/{zone}");
+        } else {
+            assert_eq!(headroom, None, "{node}/{zone} has no managed pages");
+        }
+    }
+
+    /// Sizes fixed at boot (no memory hotplug or balloon here): exactly.
+    fn check_sizes(&self) {
+        let (node, zone) = (self.node, self.zone);
+        for f in ["spanned", "present", "managed", "cma"] {
+            let Some(bv) = self.b.fields.get(f) else {
+                continue;
+            };
+            let v = self
+                .m
+                .get(&format!("memwatch_zoneinfo_{f}_pages"), &self.labels())
+                .unwrap_or_else(|| panic!("no {f} for {node}/{zone}"));
+            let av = self.a.fields[f];
+            assert!(
+                Reading::new(Bound::Exact, v, *bv, av).holds(),
+                "{node}/{zone} {f} = {v}, the kernel said {bv} then {av}"
+            );
+        }
+    }
+
+    /// The protection array (lowmem_reserve, set from the zone sizes and
+    /// lowmem_reserve_ratio), labelled by the zone each entry is for (the node's zones
+    /// in file `order`): exactly.
+    fn check_protection(&self, order: &[(String, String)]) {
+        let (node, zone) = (self.node, self.zone);
+        let node_zones: Vec<&str> = order
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, z)| z.as_str())
+            .collect();
+        for (i, p) in self.b.protection.iter().enumerate() {
+            let lp = [
+                ("node", node),
+                ("zone", zone),
+                ("alloc_zone", node_zones[i]),
+            ];
+            let v = self
+                .m
+                .get("memwatch_zoneinfo_protection_pages", &lp)
+                .unwrap();
+            let av = self.a.protection[i];
+            assert!(
+                Reading::new(Bound::Exact, v, *p, av).holds(),
+                "{node}/{zone} protection {lp:?} = {v}, the kernel said {p} then {av}"
+            );
+        }
+    }
+
+    /// Per-zone statistics: every one; counters between the reads.
+    fn statistics(&self, families: &mut Families, readings: &mut BTreeMap<String, Reading>) {
+        let (node, zone) = (self.node, self.zone);
+        let l = self.labels();
+        for (f, bv) in &self.b.fields {
+            if !(f.starts_with("nr_") || f.starts_with("numa_")) {
+                continue;
+            }
+            let (name, counter) = families.entry(f.clone()).or_insert_with(|| {
+                let (name, ty) =
+                    family_for(self.m, &format!("/proc/zoneinfo per-zone statistic {f}."))
+                        .unwrap_or_else(|| panic!("no family for zone stat {f}"));
+                assert_eq!(ty == "counter", f.starts_with("numa_"), "{name} is a {ty}");
+                (name, ty == "counter")
+            });
+            let v = self
+                .m
+                .get(name, &l)
+                .unwrap_or_else(|| panic!("no {name} for {node}/{zone}"));
+            let av = self.a.fields[f];
+            let s = Statistic {
+                stat: f,
+                counter: *counter,
+                what: format!("{name} {l:?}"),
+            };
+            s.check(readings, self.key(f), v, *bv, av);
+        }
+    }
+}
+
+/// The statistics of the per-node block of `node`: `stats` before the scrape `m`,
+/// `after` it.
+fn node_statistics(
+    m: &Metrics,
+    node: &str,
+    stats: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    families: &mut Families,
+    readings: &mut BTreeMap<String, Reading>,
+) {
+    for (f, bv) in stats {
+        let (name, counter) = families.entry(f.clone()).or_insert_with(|| {
+            let (name, ty) = family_for(m, &format!("/proc/zoneinfo per-node statistic {f}."))
+                .unwrap_or_else(|| panic!("no family for node stat {f}"));
+            (name, ty == "counter")
+        });
+        let v = m
+            .get(name, &[("node", node)])
+            .unwrap_or_else(|| panic!("no {name} for node {node}"));
+        let av = after[f];
+        let s = Statistic {
+            stat: f,
+            counter: *counter,
+            what: format!("{name} node {node}"),
+        };
+        s.check(readings, format!("node {node} {f}"), v, *bv, av);
+    }
+}
+
+/// A zoneinfo statistic (per zone or per node) and the family memwatch exports it as.
+struct Statistic<'a> {
+    /// Its name in /proc/zoneinfo.
+    stat: &'a str,
+    /// The family is a counter.
+    counter: bool,
+    /// The series, for a failed check.
+    what: String,
+}
+
+impl Statistic<'_> {
+    /// memwatch's `v` against the reads `bv` and `av`: NUMA events as a reading that
+    /// rises, other counters checked to rise at once, amounts as a reading between the
+    /// reads; readings go to `readings` under `key`.
+    fn check(
+        &self,
+        readings: &mut BTreeMap<String, Reading>,
+        key: String,
+        v: f64,
+        bv: f64,
+        av: f64,
+    ) {
+        if NUMA_EVENTS.contains(&self.stat) {
+            readings.insert(key, Reading::new(Bound::Rising, v, bv, av));
+        } else if self.counter {
+            assert_rising(&self.what, v, bv, av);
+        } else {
+            readings.insert(key, Reading::new(Bound::Between, v, bv, av));
+        }
+    }
 }
 
 /// The knobs, converted to base units, equal /proc/sys/vm and the THP settings.

@@ -353,66 +353,111 @@ struct Save {
 /// until Redis says it finished.
 fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress: &str) -> Save {
     let pid = redis.pid();
+    let trace = fork_trace(cmd, pid);
+    let child_pid = start_save(redis, cmd, started);
+    // Hold the child. If it is already gone (or a zombie), the save was quicker than
+    // this test: the caller runs another.
+    let fd = PidFd::child(child_pid, pid);
+    let held = match &fd {
+        Some(fd) => {
+            fd.signal(libc::SIGSTOP);
+            stopped(cmd, child_pid)
+        }
+        None => false,
+    };
+    let live = if held {
+        let live = sample_while_held(agent, cmd, pid, child_pid);
+        fd.as_ref().unwrap().signal(libc::SIGCONT);
+        live
+    } else {
+        Vec::new()
+    };
+    let redis_live = follow_to_end(redis, agent, cmd, in_progress, child_pid);
+    let traced_fork = trace.map(|t| traced_fork(&t, child_pid));
+    Save {
+        child_pid,
+        held,
+        live,
+        redis_live,
+        traced_fork,
+    }
+}
+
+/// A trace instance of Redis (`pid`)'s clone entries and forks, for the save `cmd`;
+/// None without tracefs.
+fn fork_trace(cmd: &str, pid: u32) -> Option<Trace> {
     let filter = format!("common_pid == {pid}");
-    let trace = Trace::new(
+    Trace::new(
         &format!("redis-{}", cmd.to_lowercase()),
         &[
             ("syscalls/sys_enter_clone", &filter),
             ("syscalls/sys_enter_clone3", &filter),
             ("sched/sched_process_fork", &filter),
         ],
-    );
+    )
+}
+
+/// Sends `cmd` and returns the pid of the child Redis's log then says (`started`) it
+/// forked.
+fn start_save(redis: &Redis, cmd: &str, started: &str) -> u32 {
     let from = redis.log().len();
     let reply = redis.cli(&[cmd]);
     assert!(reply.contains("started"), "{cmd}: {reply}");
-    let child_pid = wait_for(
+    wait_for(
         120,
         &|| format!("{cmd}: no '{started}' in Redis's log:\n{}", redis.log()),
         || redis.child_in_log(from, started),
-    );
+    )
+}
 
-    // Hold the child. If it is already gone (or a zombie), the save was quicker than
-    // this test: the caller runs another.
-    let fd = PidFd::child(child_pid, pid);
-    if let Some(fd) = &fd {
-        fd.signal(libc::SIGSTOP);
-    }
-    let held = fd.is_some()
-        && wait_for(
-            120,
-            &|| format!("{cmd}: child {child_pid} neither stopped nor ended"),
-            || match stat(child_pid) {
-                Some(('T', _)) => Some(true),
-                None | Some(('Z' | 'X', _)) => Some(false),
-                Some(_) => None,
-            },
-        );
+/// Waits until the child `child_pid`, sent SIGSTOP, has stopped (true) or ended (false).
+fn stopped(cmd: &str, child_pid: u32) -> bool {
+    wait_for(
+        120,
+        &|| format!("{cmd}: child {child_pid} neither stopped nor ended"),
+        || match stat(child_pid) {
+            Some(('T', _)) => Some(true),
+            None | Some(('Z' | 'X', _)) => Some(false),
+            Some(_) => None,
+        },
+    )
+}
+
+/// While the child is held, the load copies pages the child shares: reads the child's
+/// private dirty memory, then memwatch's figure from a later sample, until the child
+/// has HOLD_UNTIL (and at least three samples). The (private dirty, memwatch) pairs.
+fn sample_while_held(agent: &Agent, cmd: &str, pid: u32, child_pid: u32) -> Vec<(f64, f64)> {
     let live = std::cell::RefCell::new(Vec::new());
-    if held {
-        // While it is held, the load copies pages the child shares: read the child's
-        // private dirty memory, then memwatch's figure from a later sample.
-        wait_for(
-            300,
-            &|| {
-                format!(
-                    "{cmd}: held child {child_pid} never reached {HOLD_UNTIL} bytes of COW: {:?}",
-                    live.borrow()
-                )
-            },
-            || {
-                let pd = private_dirty(child_pid).expect("held child gone");
-                let ours = live_after(agent, pid, child_pid, now()).unwrap_or_else(|| {
-                    panic!("{cmd}: the episode of held child {child_pid} ended")
-                });
-                let mut live = live.borrow_mut();
-                live.push((pd, ours));
-                (pd >= HOLD_UNTIL && ours > 0.0 && live.len() >= 3).then_some(())
-            },
-        );
-        fd.as_ref().unwrap().signal(libc::SIGCONT);
-    }
-    // Follow the save to its end; where Redis has a live figure, memwatch's from a
-    // later sample beside it.
+    wait_for(
+        300,
+        &|| {
+            format!(
+                "{cmd}: held child {child_pid} never reached {HOLD_UNTIL} bytes of COW: {:?}",
+                live.borrow()
+            )
+        },
+        || {
+            let pd = private_dirty(child_pid).expect("held child gone");
+            let ours = live_after(agent, pid, child_pid, now())
+                .unwrap_or_else(|| panic!("{cmd}: the episode of held child {child_pid} ended"));
+            let mut live = live.borrow_mut();
+            live.push((pd, ours));
+            (pd >= HOLD_UNTIL && ours > 0.0 && live.len() >= 3).then_some(())
+        },
+    );
+    live.into_inner()
+}
+
+/// Follows the save to its end (`in_progress` 0); where Redis has a live figure,
+/// memwatch's from a later sample beside it. The (current_cow_size, memwatch) pairs.
+fn follow_to_end(
+    redis: &Redis,
+    agent: &Agent,
+    cmd: &str,
+    in_progress: &str,
+    child_pid: u32,
+) -> Vec<(f64, f64)> {
+    let pid = redis.pid();
     let mut redis_live = Vec::new();
     wait_for(600, &|| format!("{cmd} did not finish"), || {
         let p = redis.info("persistence");
@@ -431,31 +476,26 @@ fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress:
         }
         None
     });
+    redis_live
+}
 
-    let traced_fork = trace.map(|t| {
-        let text = t.text();
-        let lines: Vec<&str> = text.lines().collect();
-        let k = lines
-            .iter()
-            .position(|l| {
-                l.contains("sched_process_fork:")
-                    && trace_field(l, "child_pid") == Some(child_pid as u64)
-            })
-            .unwrap_or_else(|| panic!("no sched_process_fork of {child_pid} traced:\n{text}"));
-        let enter = lines[..k]
-            .iter()
-            .rev()
-            .find(|l| l.contains("sys_clone"))
-            .unwrap_or_else(|| panic!("no clone entry before the fork of {child_pid}:\n{text}"));
-        trace_ts(lines[k]).unwrap() - trace_ts(enter).unwrap()
-    });
-    Save {
-        child_pid,
-        held,
-        live: live.into_inner(),
-        redis_live,
-        traced_fork,
-    }
+/// Seconds from the clone entry to the sched_process_fork of `child_pid` in `trace`.
+fn traced_fork(trace: &Trace, child_pid: u32) -> f64 {
+    let text = trace.text();
+    let lines: Vec<&str> = text.lines().collect();
+    let k = lines
+        .iter()
+        .position(|l| {
+            l.contains("sched_process_fork:")
+                && trace_field(l, "child_pid") == Some(child_pid as u64)
+        })
+        .unwrap_or_else(|| panic!("no sched_process_fork of {child_pid} traced:\n{text}"));
+    let enter = lines[..k]
+        .iter()
+        .rev()
+        .find(|l| l.contains("sys_clone"))
+        .unwrap_or_else(|| panic!("no clone entry before the fork of {child_pid}:\n{text}"));
+    trace_ts(lines[k]).unwrap() - trace_ts(enter).unwrap()
 }
 
 /// Runs saves with `cmd` until one could be held; every child it forked goes to
@@ -569,19 +609,39 @@ fn check_episode(what: &str, e: &serde_json::Value, redis: &Redis, save: &Save, 
     }
 }
 
+/// A save command and where Redis reports on it.
+struct SaveCmd {
+    cmd: &'static str,
+    /// What Redis's log says, before the child's pid, when it forks.
+    started: &'static str,
+    /// The INFO persistence field that is 1 while the save runs.
+    in_progress: &'static str,
+    /// The INFO persistence field with the last save's status.
+    status: &'static str,
+    /// The INFO persistence field with the last save's COW size.
+    cow_field: &'static str,
+}
+
+const BGSAVE: SaveCmd = SaveCmd {
+    cmd: "BGSAVE",
+    started: "Background saving started by pid ",
+    in_progress: "rdb_bgsave_in_progress",
+    status: "rdb_last_bgsave_status",
+    cow_field: "rdb_last_cow_size",
+};
+
+const BGREWRITEAOF: SaveCmd = SaveCmd {
+    cmd: "BGREWRITEAOF",
+    started: "Background append only file rewriting started by pid ",
+    in_progress: "aof_rewrite_in_progress",
+    status: "aof_last_bgrewrite_status",
+    cow_field: "aof_last_cow_size",
+};
+
 #[test]
 fn bgsave_and_aof_rewrite_episodes_match_redis() {
-    if !root_or_skip("bgsave_and_aof_rewrite_episodes_match_redis") {
+    if !redis_prerequisites("bgsave_and_aof_rewrite_episodes_match_redis") {
         return;
-    }
-    for tool in ["redis-server", "redis-cli", "redis-benchmark"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            println!(
-                "SKIP bgsave_and_aof_rewrite_episodes_match_redis: {tool} not installed \
-                 (`cargo xtask setup` installs Debian's redis-server)"
-            );
-            return;
-        }
     }
     let log = TempFile(std::env::temp_dir().join(format!(
         "memwatch-test-{}-episodes.jsonl",
@@ -596,6 +656,53 @@ fn bgsave_and_aof_rewrite_episodes_match_redis() {
     );
     let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
     let redis = Redis::start();
+    populate(&redis);
+    let load = start_load(&redis);
+
+    let mut children = Vec::new();
+    let save = checked_save(&redis, &agent, &BGSAVE, &mut children);
+    checked_save(&redis, &agent, &BGREWRITEAOF, &mut children);
+    drop(load);
+    assert_eq!(
+        keys(&redis),
+        POPULATE_KEYS + LOAD_KEYS,
+        "the load made keys of its own"
+    );
+
+    let children: Vec<u64> = children.into_iter().map(u64::from).collect();
+    check_one_episode_per_save(&agent, &redis, &children);
+    let lines = check_episode_log(&log, &children);
+    check_fork_report(&agent, &redis, &save, &lines);
+
+    // Metrics: one episode per save for redis-server.
+    let m = agent.scrape();
+    assert_eq!(
+        m.get("memwatch_fork_episodes_total", &[("comm", "redis-server")]),
+        Some(children.len() as f64)
+    );
+    drop(redis);
+    assert!(agent.stop().success());
+}
+
+/// Root and Redis's tools; a skip line otherwise.
+fn redis_prerequisites(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    for tool in ["redis-server", "redis-cli", "redis-benchmark"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            println!(
+                "SKIP {test}: {tool} not installed \
+                 (`cargo xtask setup` installs Debian's redis-server)"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// Fills Redis with POPULATE_KEYS keys and makes every key the load writes.
+fn populate(redis: &Redis) {
     // 1.1 M keys: the main dict is sized for 2^21 entries from the start, so the
     // load's 100 000 keys never make it grow (and free its old table).
     redis.cli(&[
@@ -610,79 +717,78 @@ fn bgsave_and_aof_rewrite_episodes_match_redis() {
     // Every key the load writes exists before it starts: during the saves it only
     // overwrites.
     create_keys(redis.port);
-    let keys = || -> u64 {
-        let db0 = redis.info("keyspace").remove("db0").unwrap_or_default();
-        db0.split(',')
-            .find_map(|f| f.strip_prefix("keys=")?.parse().ok())
-            .unwrap_or(0)
-    };
-    assert_eq!(keys(), POPULATE_KEYS + LOAD_KEYS);
-    let setranges = || -> u64 {
-        let st = redis
-            .info("commandstats")
-            .remove("cmdstat_setrange")
-            .unwrap_or_default();
-        st.split(',')
-            .find_map(|f| f.strip_prefix("calls=")?.parse().ok())
-            .unwrap_or(0)
-    };
+    assert_eq!(keys(redis), POPULATE_KEYS + LOAD_KEYS);
+}
+
+/// The number of keys in db0.
+fn keys(redis: &Redis) -> u64 {
+    let db0 = redis.info("keyspace").remove("db0").unwrap_or_default();
+    db0.split(',')
+        .find_map(|f| f.strip_prefix("keys=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The number of SETRANGE commands Redis has run.
+fn setranges(redis: &Redis) -> u64 {
+    let st = redis
+        .info("commandstats")
+        .remove("cmdstat_setrange")
+        .unwrap_or_default();
+    st.split(',')
+        .find_map(|f| f.strip_prefix("calls=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts the write load and waits until it is writing (what it must do while a child
+/// is held).
+fn start_load(redis: &Redis) -> Load {
     let load = Load::start(redis.port);
-    // The load is writing (what it must do while a child is held).
     wait_for(
         300,
         &|| {
             format!(
                 "redis-benchmark made no writes: {} SETRANGE calls",
-                setranges()
+                setranges(redis)
             )
         },
-        || (setranges() > LOAD_KEYS + 1000).then_some(()),
+        || (setranges(redis) > LOAD_KEYS + 1000).then_some(()),
     );
+    load
+}
 
-    let mut children = Vec::new();
-    let save = held_save(
-        &redis,
-        &agent,
-        "BGSAVE",
-        "Background saving started by pid ",
-        "rdb_bgsave_in_progress",
-        &mut children,
+/// Runs saves with `save` until one could be held (every child forked goes to
+/// `children`), checks that Redis reports it ok and checks its episode against Redis's
+/// figures. The held save's.
+fn checked_save(redis: &Redis, agent: &Agent, save: &SaveCmd, children: &mut Vec<u32>) -> Save {
+    let held = held_save(
+        redis,
+        agent,
+        save.cmd,
+        save.started,
+        save.in_progress,
+        children,
     );
-    assert_eq!(redis.info("persistence")["rdb_last_bgsave_status"], "ok");
-    let e = finished_episode(&agent, redis.pid(), save.child_pid);
-    check_episode("BGSAVE", &e, &redis, &save, "rdb_last_cow_size");
+    assert_eq!(redis.info("persistence")[save.status], "ok");
+    let e = finished_episode(agent, redis.pid(), held.child_pid);
+    check_episode(save.cmd, &e, redis, &held, save.cow_field);
+    held
+}
 
-    let aof = held_save(
-        &redis,
-        &agent,
-        "BGREWRITEAOF",
-        "Background append only file rewriting started by pid ",
-        "aof_rewrite_in_progress",
-        &mut children,
-    );
-    assert_eq!(redis.info("persistence")["aof_last_bgrewrite_status"], "ok");
-    let e2 = finished_episode(&agent, redis.pid(), aof.child_pid);
-    check_episode("BGREWRITEAOF", &e2, &redis, &aof, "aof_last_cow_size");
-    drop(load);
-    assert_eq!(
-        keys(),
-        POPULATE_KEYS + LOAD_KEYS,
-        "the load made keys of its own"
-    );
-
-    // Exactly one episode per save, each for the child Redis forked.
-    let children: Vec<u64> = children.into_iter().map(u64::from).collect();
-    for c in &children {
-        finished_episode(&agent, redis.pid(), *c as u32);
+/// Exactly one episode per save, each for the child Redis forked.
+fn check_one_episode_per_save(agent: &Agent, redis: &Redis, children: &[u64]) {
+    for c in children {
+        finished_episode(agent, redis.pid(), *c as u32);
     }
-    let (_, finished) = episodes(&agent, redis.pid());
+    let (_, finished) = episodes(agent, redis.pid());
     let got: Vec<u64> = finished
         .iter()
         .filter_map(|e| e["child_pid"].as_u64())
         .collect();
     assert_eq!(got, children, "{finished:?}");
+}
 
-    // The JSON log has the same objects, with the documented fields.
+/// The JSON log has the same objects, with the documented fields; returns them.
+fn check_episode_log(log: &TempFile, children: &[u64]) -> Vec<serde_json::Value> {
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log.0)
         .unwrap()
         .lines()
@@ -712,8 +818,12 @@ fn bgsave_and_aof_rewrite_episodes_match_redis() {
         .filter_map(|l| l["child_pid"].as_u64())
         .collect();
     assert_eq!(logged, children);
+    lines
+}
 
-    // fork-report, text and JSON, from the daemon.
+/// fork-report, text (it names the BGSAVE child `save`) and JSON (the log's `lines`),
+/// from the daemon.
+fn check_fork_report(agent: &Agent, redis: &Redis, save: &Save, lines: &[serde_json::Value]) {
     let url = format!("http://127.0.0.1:{}", agent.port);
     let text = common::run_ok(Command::new(bin()).args([
         "fork-report",
@@ -743,13 +853,4 @@ fn bgsave_and_aof_rewrite_episodes_match_redis() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(objs, lines);
-
-    // Metrics: one episode per save for redis-server.
-    let m = agent.scrape();
-    assert_eq!(
-        m.get("memwatch_fork_episodes_total", &[("comm", "redis-server")]),
-        Some(children.len() as f64)
-    );
-    drop(redis);
-    assert!(agent.stop().success());
 }

@@ -284,11 +284,14 @@ fn deb_carries_the_same_files() {
     let deb = PathBuf::from(out.lines().last().unwrap().trim());
     assert!(deb.extension().is_some_and(|e| e == "deb"), "{out}");
 
-    let list = Command::new(&dpkg_deb)
-        .arg("-c")
-        .arg(&deb)
-        .output()
-        .unwrap();
+    check_deb_listing(&dpkg_deb, &deb);
+    check_deb_contents(&dpkg_deb, &deb, &dir.0.join("x"));
+    check_deb_control(&dpkg_deb, &deb, &dir.0.join("control"));
+}
+
+/// The package's files and directories: owned by root, with the expected modes.
+fn check_deb_listing(dpkg_deb: &Path, deb: &Path) {
+    let list = Command::new(dpkg_deb).arg("-c").arg(deb).output().unwrap();
     assert!(list.status.success());
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     println!("{list}");
@@ -318,13 +321,15 @@ fn deb_carries_the_same_files() {
             ("./usr/bin/memwatch".into(), "-rwxr-xr-x".into()),
         ]
     );
+}
 
-    // The contents: the same binary, config and unit as `install` (ExecStart in /usr).
-    let x = dir.0.join("x");
-    let ok = Command::new(&dpkg_deb)
+/// The contents, extracted to `x`: the same binary, config and unit as `install`
+/// (ExecStart in /usr).
+fn check_deb_contents(dpkg_deb: &Path, deb: &Path, x: &Path) {
+    let ok = Command::new(dpkg_deb)
         .arg("-x")
-        .arg(&deb)
-        .arg(&x)
+        .arg(deb)
+        .arg(x)
         .status()
         .unwrap();
     assert!(ok.success());
@@ -344,13 +349,15 @@ fn deb_carries_the_same_files() {
             "ExecStart=/usr/bin/memwatch "
         )
     );
+}
 
-    // Control files: the config is a conffile; the scripts only act under systemd.
-    let c = dir.0.join("control");
-    let ok = Command::new(&dpkg_deb)
+/// Control files, extracted to `c`: the config is a conffile; the scripts only act
+/// under systemd.
+fn check_deb_control(dpkg_deb: &Path, deb: &Path, c: &Path) {
+    let ok = Command::new(dpkg_deb)
         .arg("-e")
-        .arg(&deb)
-        .arg(&c)
+        .arg(deb)
+        .arg(c)
         .status()
         .unwrap();
     assert!(ok.success());
@@ -361,32 +368,37 @@ fn deb_carries_the_same_files() {
     let control = std::fs::read_to_string(c.join("control")).unwrap();
     assert!(control.starts_with("Package: memwatch\n"), "{control}");
     for script in ["postinst", "prerm", "postrm"] {
-        let p = c.join(script);
-        assert_eq!(mode(&p), 0o755, "{script}");
-        let text = std::fs::read_to_string(&p).unwrap();
-        for line in text.lines().filter(|l| l.contains("systemctl")) {
-            assert!(
-                line.starts_with("    "),
-                "{script}: systemctl outside the systemd check: {line}"
-            );
-        }
-        assert!(text.contains("if [ -d /run/systemd/system ]"), "{script}");
-        let ok = Command::new("sh").arg("-n").arg(&p).status().unwrap();
-        assert!(ok.success(), "{script}: sh -n");
-        if !Path::new("/run/systemd/system").exists() {
-            // No systemd here: the scripts must succeed and do nothing.
-            let ok = Command::new("/bin/sh")
-                .arg(&p)
-                .arg(if script == "postinst" {
-                    "configure"
-                } else {
-                    "remove"
-                })
-                .env("PATH", "/nonexistent")
-                .status()
-                .unwrap();
-            assert!(ok.success(), "{script} failed without systemd");
-        }
+        check_maintainer_script(script, &c.join(script));
+    }
+}
+
+/// Maintainer script `script` at `p`: executable, valid sh, calling systemctl only
+/// under its systemd check; without systemd here, it succeeds and does nothing.
+fn check_maintainer_script(script: &str, p: &Path) {
+    assert_eq!(mode(p), 0o755, "{script}");
+    let text = std::fs::read_to_string(p).unwrap();
+    for line in text.lines().filter(|l| l.contains("systemctl")) {
+        assert!(
+            line.starts_with("    "),
+            "{script}: systemctl outside the systemd check: {line}"
+        );
+    }
+    assert!(text.contains("if [ -d /run/systemd/system ]"), "{script}");
+    let ok = Command::new("sh").arg("-n").arg(p).status().unwrap();
+    assert!(ok.success(), "{script}: sh -n");
+    if !Path::new("/run/systemd/system").exists() {
+        // No systemd here: the scripts must succeed and do nothing.
+        let ok = Command::new("/bin/sh")
+            .arg(p)
+            .arg(if script == "postinst" {
+                "configure"
+            } else {
+                "remove"
+            })
+            .env("PATH", "/nonexistent")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{script} failed without systemd");
     }
 }
 
@@ -455,21 +467,9 @@ fn fork_once(ctl: &common::workload::Ctl) -> i32 {
 
 #[test]
 fn runs_as_nobody_with_the_units_capabilities() {
-    if !root_or_skip("runs_as_nobody_with_the_units_capabilities") {
-        return;
-    }
-    let Some(setpriv) = which("setpriv") else {
-        println!("SKIP runs_as_nobody_with_the_units_capabilities: no setpriv (util-linux) here");
+    let Some(setpriv) = nobody_prerequisites("runs_as_nobody_with_the_units_capabilities") else {
         return;
     };
-    let version = Command::new(&setpriv).arg("--version").output();
-    if !version.is_ok_and(|v| String::from_utf8_lossy(&v.stdout).contains("util-linux")) {
-        println!(
-            "SKIP runs_as_nobody_with_the_units_capabilities: {} is not util-linux's setpriv",
-            setpriv.display()
-        );
-        return;
-    }
     // The unit's ExecStartPre does this; memwatch can't mount without CAP_SYS_ADMIN.
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         let ok = Command::new("mount")
@@ -478,28 +478,7 @@ fn runs_as_nobody_with_the_units_capabilities() {
             .is_ok_and(|s| s.success());
         assert!(ok, "mounting tracefs");
     }
-    let caps = unit_values(UNIT, "AmbientCapabilities");
-    let list = caps
-        .iter()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let given = caps.iter().fold(0u64, |s, c| s | (1u64 << cap_number(c)));
-    println!("unit capabilities: {caps:?} -> setpriv {list}");
-    let wrapper: Vec<String> = [
-        setpriv.to_str().unwrap(),
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--no-new-privs",
-        &format!("--inh-caps=-all,{list}"),
-        &format!("--ambient-caps=-all,{list}"),
-        &format!("--bounding-set=-all,{list}"),
-        "--",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let (wrapper, given) = unit_wrapper(&setpriv);
 
     // A watched process that forks once the daemon runs: fork episodes after the drop.
     let w = common::workload::Workload::spawn(fork_once);
@@ -522,7 +501,69 @@ fn runs_as_nobody_with_the_units_capabilities() {
     );
     assert_dropped(&agent, given);
 
-    // Scrapes still read the maps through the fds opened before the drop.
+    check_probes_after_drop(&agent);
+    check_fork_episode_after_drop(&agent, w);
+    let log = agent.log_text();
+    println!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("capabilities"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Root and util-linux's setpriv (returned); a skip line otherwise.
+fn nobody_prerequisites(test: &str) -> Option<PathBuf> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let Some(setpriv) = which("setpriv") else {
+        println!("SKIP {test}: no setpriv (util-linux) here");
+        return None;
+    };
+    let version = Command::new(&setpriv).arg("--version").output();
+    if !version.is_ok_and(|v| String::from_utf8_lossy(&v.stdout).contains("util-linux")) {
+        println!(
+            "SKIP {test}: {} is not util-linux's setpriv",
+            setpriv.display()
+        );
+        return None;
+    }
+    Some(setpriv)
+}
+
+/// The setpriv command line that runs a program as the unit does: as nobody, with the
+/// unit's AmbientCapabilities only; and those capabilities as a mask.
+fn unit_wrapper(setpriv: &Path) -> (Vec<String>, u64) {
+    let caps = unit_values(UNIT, "AmbientCapabilities");
+    let list = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let given = caps.iter().fold(0u64, |s, c| s | (1u64 << cap_number(c)));
+    println!("unit capabilities: {caps:?} -> setpriv {list}");
+    let wrapper: Vec<String> = [
+        setpriv.to_str().unwrap(),
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--no-new-privs",
+        &format!("--inh-caps=-all,{list}"),
+        &format!("--ambient-caps=-all,{list}"),
+        &format!("--bounding-set=-all,{list}"),
+        "--",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    (wrapper, given)
+}
+
+/// Scrapes still read the maps through the fds opened before the drop: hooks are
+/// attached and page faults (this test's own) keep being counted.
+fn check_probes_after_drop(agent: &Agent) {
     let m0 = agent.scrape();
     let faults = |m: &common::Metrics| m.sum("memwatch_page_faults_total", &[]);
     assert!(
@@ -551,8 +592,11 @@ fn runs_as_nobody_with_the_units_capabilities() {
         (faults(&agent.scrape()) > faults(&m0)).then_some(())
     });
     assert!(grew.is_some(), "memwatch_page_faults_total did not move");
+}
 
-    // Fork episodes: the ring buffer is read through its fd, /proc without privileges.
+/// Fork episodes: the ring buffer is read through its fd, /proc without privileges.
+/// Lets the watched workload `w` fork and waits for its episode.
+fn check_fork_episode_after_drop(agent: &Agent, w: common::workload::Workload) {
     w.send(b'G');
     w.expect(b'F');
     let path = format!("/api/episodes?pid={}", w.pid);
@@ -565,14 +609,6 @@ fn runs_as_nobody_with_the_units_capabilities() {
     w.finish();
     let v = finished.unwrap_or_else(|| panic!("no fork episode:\n{}", agent.log_text()));
     println!("episode: {}", v["finished"][0]);
-    let log = agent.log_text();
-    println!(
-        "{}",
-        log.lines()
-            .filter(|l| l.contains("capabilities"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 #[test]
@@ -593,9 +629,28 @@ fn notify_ready_after_serving_and_watchdog_pings() {
     // No ping can be sent before this (the bound on their number below).
     let spawned = Instant::now();
     let mut agent = Agent::start_with(&[], &[], &env, false);
+    let first = first_notification(&sock, &mut agent);
+    check_ready(&first, &agent);
+    check_watchdog_pings(&sock, &agent, spawned);
+    assert!(agent.stop().success());
+    // STOPPING=1 on the way out.
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf);
+    let mut got = Vec::new();
+    if let Ok(n) = n {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got.iter().any(|m| m == "STOPPING=1"), "{got:?}");
+}
+
+/// The first notification the daemon sends on `sock` (failing if it exits first).
+fn first_notification(sock: &UnixDatagram, agent: &mut Agent) -> String {
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(60);
-    let first = loop {
+    loop {
         if let Ok(n) = sock.recv(&mut buf) {
             break String::from_utf8_lossy(&buf[..n]).into_owned();
         }
@@ -607,7 +662,12 @@ fn notify_ready_after_serving_and_watchdog_pings() {
             "no READY=1:\n{}",
             agent.log_text()
         );
-    };
+    }
+}
+
+/// `first` is READY=1 with a status naming the hooks and the address; by then the
+/// daemon answers, the probes feed /metrics and the capabilities are gone.
+fn check_ready(first: &str, agent: &Agent) {
     println!("first notification: {first:?}");
     assert!(first.lines().any(|l| l == "READY=1"), "{first}");
     let status = first
@@ -635,15 +695,17 @@ fn notify_ready_after_serving_and_watchdog_pings() {
         "no hook attached at READY"
     );
     // As root too, the capabilities are gone once it serves.
-    assert_dropped(&agent, u64::MAX);
+    assert_dropped(agent, u64::MAX);
+}
 
-    // Watchdog pings keep coming, at most one per interval (half WATCHDOG_USEC): a
-    // daemon that was held up sends the next one late, never a burst to catch up. So
-    // however slow the machine, the pings received by now are at most one more than
-    // the intervals since the daemon was started (before it could send any), and a
-    // few of them arrive within a deadline that only a daemon that stopped pinging
-    // misses.
+/// Watchdog pings keep coming, at most one per interval (half WATCHDOG_USEC): a daemon
+/// that was held up sends the next one late, never a burst to catch up. So however
+/// slow the machine, the pings received by now are at most one more than the intervals
+/// since the daemon was `spawned` (before it could send any), and a few of them arrive
+/// within a deadline that only a daemon that stopped pinging misses.
+fn check_watchdog_pings(sock: &UnixDatagram, agent: &Agent, spawned: Instant) {
     const PINGS: u32 = 5;
+    let mut buf = [0u8; 4096];
     let every = Duration::from_millis(150);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut pings = 0;
@@ -666,15 +728,4 @@ fn notify_ready_after_serving_and_watchdog_pings() {
         }
     }
     println!("{pings} watchdog pings, none early");
-    assert!(agent.stop().success());
-    // STOPPING=1 on the way out.
-    let n = sock.recv(&mut buf);
-    let mut got = Vec::new();
-    if let Ok(n) = n {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    assert!(got.iter().any(|m| m == "STOPPING=1"), "{got:?}");
 }

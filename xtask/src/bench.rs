@@ -273,7 +273,22 @@ pub fn overhead() -> Result<()> {
     let pf_only = dir.join("page_fault.toml");
     std::fs::write(&pf_only, "[probes]\nhooks = [\"page_fault\"]\n")?;
     let file = root.join("target/bench-stream.dat");
+    let mem = cow_mapping()?;
 
+    let kernel = kernel_release();
+    let runs = Overhead::measure(&bin, &all, &pf_only, mem, &file)?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let section = overhead_section(&kernel, &runs.rows());
+    println!("{section}");
+    write_section(&root.join("docs/BENCHMARKS.md"), "overhead", &section)?;
+    Ok(())
+}
+
+/// The COW workload's memory: an anonymous private mapping of `COW_BYTES` without
+/// transparent huge pages, every page populated. It is never unmapped (the benchmark
+/// ends with the process).
+fn cow_mapping() -> Result<&'static mut [u8]> {
     // SAFETY: an anonymous private mapping of our own.
     let mem = unsafe {
         let p = libc::mmap(
@@ -291,76 +306,106 @@ pub fn overhead() -> Result<()> {
         std::slice::from_raw_parts_mut(p as *mut u8, COW_BYTES)
     };
     mem.fill(1);
+    Ok(mem)
+}
 
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    eprintln!("bench: COW workload, every hook");
-    let cow_all = measure(
-        &bin,
-        &Observer::Memwatch(&all),
-        || Ok(cow_workload(mem)),
-        &["pgfault"],
-    )?;
-    eprintln!("bench: COW workload, page_fault hook only");
-    let cow_pf = measure(
-        &bin,
-        &Observer::Memwatch(&pf_only),
-        || Ok(cow_workload(mem)),
-        &["pgfault"],
-    )?;
-    let reference = if which("bpftrace") {
-        eprintln!("bench: COW workload, the bpftrace reference");
-        Some(measure(
-            &bin,
-            &Observer::Bpftrace(BPFTRACE_REFERENCE),
-            || Ok(cow_workload(mem)),
-            &["pgfault"],
-        )?)
-    } else {
-        eprintln!("bench: no bpftrace: the reference line is left out");
-        None
-    };
-    eprintln!("bench: streaming workload, every hook");
-    let stream = measure(
-        &bin,
-        &Observer::Memwatch(&all),
-        || stream_workload(&file),
-        &["nr_dirtied", "pgfault"],
-    )?;
-    let _ = std::fs::remove_dir_all(&dir);
+/// The running kernel's release (`uname -r`), empty if unknown.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
+}
 
-    let mut rows = vec![
-        report_line(
-            &format!(
-                "COW: fork + write {} MiB, x{COW_FORKS} (every hook)",
-                COW_BYTES >> 20
-            ),
-            &cow_all,
-        ),
-        report_line(
-            "COW, only the page-fault hook (raw tracepoint: a per-CPU counter and the per-CPU process cache)",
-            &cow_pf,
-        ),
-        report_line(
-            &format!(
-                "page-cache streaming: write {} MiB, fsync, read back (every hook)",
-                STREAM_BYTES >> 20
-            ),
-            &stream,
-        ),
-    ];
-    if let Some(r) = &reference {
-        rows.insert(
-            2,
+/// The measurements of `bench overhead`.
+struct Overhead {
+    /// COW workload, every hook.
+    cow_all: Measured,
+    /// COW workload, the page_fault hook only.
+    cow_pf: Measured,
+    /// COW workload under the bpftrace reference, when bpftrace is installed.
+    reference: Option<Measured>,
+    /// Streaming workload, every hook.
+    stream: Measured,
+}
+
+impl Overhead {
+    /// Measures each workload with memwatch `bin` under config `all` (every hook) and
+    /// `pf_only`, and the COW workload under the bpftrace reference; `mem` is the COW
+    /// mapping, `file` the streaming workload's file.
+    fn measure(
+        bin: &Path,
+        all: &Path,
+        pf_only: &Path,
+        mem: &mut [u8],
+        file: &Path,
+    ) -> Result<Self> {
+        let mut cow =
+            |observer: &Observer| measure(bin, observer, || Ok(cow_workload(mem)), &["pgfault"]);
+        eprintln!("bench: COW workload, every hook");
+        let cow_all = cow(&Observer::Memwatch(all))?;
+        eprintln!("bench: COW workload, page_fault hook only");
+        let cow_pf = cow(&Observer::Memwatch(pf_only))?;
+        let reference = if which("bpftrace") {
+            eprintln!("bench: COW workload, the bpftrace reference");
+            Some(cow(&Observer::Bpftrace(BPFTRACE_REFERENCE))?)
+        } else {
+            eprintln!("bench: no bpftrace: the reference line is left out");
+            None
+        };
+        eprintln!("bench: streaming workload, every hook");
+        let stream = measure(
+            bin,
+            &Observer::Memwatch(all),
+            || stream_workload(file),
+            &["nr_dirtied", "pgfault"],
+        )?;
+        Ok(Self {
+            cow_all,
+            cow_pf,
+            reference,
+            stream,
+        })
+    }
+
+    /// The table rows, the reference (if measured) third.
+    fn rows(&self) -> Vec<String> {
+        let mut rows = vec![
             report_line(
                 &format!(
-                    "COW, reference: bpftrace `{BPFTRACE_REFERENCE}` (a bare per-CPU count on \
-                     the tracepoint)"
+                    "COW: fork + write {} MiB, x{COW_FORKS} (every hook)",
+                    COW_BYTES >> 20
                 ),
-                r,
+                &self.cow_all,
             ),
-        );
+            report_line(
+                "COW, only the page-fault hook (raw tracepoint: a per-CPU counter and the per-CPU process cache)",
+                &self.cow_pf,
+            ),
+            report_line(
+                &format!(
+                    "page-cache streaming: write {} MiB, fsync, read back (every hook)",
+                    STREAM_BYTES >> 20
+                ),
+                &self.stream,
+            ),
+        ];
+        if let Some(r) = &self.reference {
+            rows.insert(
+                2,
+                report_line(
+                    &format!(
+                        "COW, reference: bpftrace `{BPFTRACE_REFERENCE}` (a bare per-CPU count on \
+                         the tracepoint)"
+                    ),
+                    r,
+                ),
+            );
+        }
+        rows
     }
-    let section = format!(
+}
+
+/// The `overhead` section of docs/BENCHMARKS.md: how it was measured, then `rows`.
+fn overhead_section(kernel: &str, rows: &[String]) -> String {
+    format!(
         "Measured {} on this project's machine (2 cores), kernel {}, tracepoint rung \
          (the only one this host allows), medians of {ROUNDS} runs each side, alternating ABBA, each after {}s idle. \
          Slowdown in wall time, and in CPU time of the thread running the workload (where the \
@@ -373,10 +418,7 @@ pub fn overhead() -> Result<()> {
         kernel.trim(),
         SETTLE.as_secs(),
         rows.join("\n")
-    );
-    println!("{section}");
-    write_section(&root.join("docs/BENCHMARKS.md"), "overhead", &section)?;
-    Ok(())
+    )
 }
 
 /// Whether `program` is on the PATH.
@@ -634,7 +676,40 @@ pub fn scrape(scrapes: usize, write: bool) -> Result<()> {
     }
     let root = workspace_root();
     let memwatch = root.join("target/release/memwatch");
-    let node_exporter = [
+    let node_exporter = find_node_exporter()?;
+    let ne_version = version_line(node_exporter);
+    let dir = std::env::temp_dir().join(format!("memwatch-bench-scrape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("compared.toml");
+    std::fs::write(&config, MW_COMPARED)?;
+
+    eprintln!("bench: starting memwatch and three node_exporter configurations");
+    let mut exporters = start_exporters(&memwatch, node_exporter, &config)?;
+    eprintln!("bench: {scrapes} scrapes of each, round-robin, after 20 warm-up scrapes each");
+    measure_scrapes(&mut exporters, scrapes)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let cmp = Comparison::of(&exporters, scrapes);
+    drop(exporters);
+
+    let kernel = kernel_release();
+    let revision = Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(&root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = scrape_section(&cmp, scrapes, &ne_version, &revision, &kernel);
+    println!("{section}");
+    if write {
+        write_section(&root.join("docs/BENCHMARKS.md"), "scrape", &section)?;
+        eprintln!("bench: wrote docs/BENCHMARKS.md");
+    }
+    Ok(())
+}
+
+/// Debian's node_exporter, or one installed under its upstream name.
+fn find_node_exporter() -> Result<&'static Path> {
+    [
         "/usr/bin/prometheus-node-exporter",
         "/usr/bin/node_exporter",
     ]
@@ -644,8 +719,12 @@ pub fn scrape(scrapes: usize, write: bool) -> Result<()> {
     .context(
         "no node_exporter: install Debian's prometheus-node-exporter \
              (cargo xtask setup does)",
-    )?;
-    let ne_version = Command::new(node_exporter)
+    )
+}
+
+/// The first line `program --version` prints (on stdout or stderr), empty if none.
+fn version_line(program: &Path) -> String {
+    Command::new(program)
         .arg("--version")
         .output()
         .map(|o| {
@@ -656,12 +735,13 @@ pub fn scrape(scrapes: usize, write: bool) -> Result<()> {
             );
             text.lines().next().unwrap_or_default().to_string()
         })
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!("memwatch-bench-scrape-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("compared.toml");
-    std::fs::write(&config, MW_COMPARED)?;
+        .unwrap_or_default()
+}
 
+/// Starts the four exporters compared: memwatch with `config` first, then
+/// node_exporter with its default exporter metrics, without them, and without them but
+/// with every vmstat field.
+fn start_exporters(memwatch: &Path, node_exporter: &Path, config: &Path) -> Result<Vec<Exporter>> {
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let mut ne_default = s(NE_COLLECTORS);
     ne_default.push("--log.level=warn".into());
@@ -676,9 +756,8 @@ pub fn scrape(scrapes: usize, write: bool) -> Result<()> {
         config.display().to_string(),
     ];
 
-    eprintln!("bench: starting memwatch and three node_exporter configurations");
     let mut exporters = vec![
-        Exporter::start("memwatch", &memwatch, &mw_args)?,
+        Exporter::start("memwatch", memwatch, &mw_args)?,
         Exporter::start("node_exporter", node_exporter, &ne_default)?,
         Exporter::start(
             "node_exporter, no exporter metrics",
@@ -694,43 +773,70 @@ pub fn scrape(scrapes: usize, write: bool) -> Result<()> {
     exporters[0].command = "memwatch run --config compared.toml (meminfo, vmstat, zoneinfo, \
                             pressure; knobs, processes and bpf off)"
         .into();
-    eprintln!("bench: {scrapes} scrapes of each, round-robin, after 20 warm-up scrapes each");
-    measure_scrapes(&mut exporters, scrapes)?;
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(exporters)
+}
 
-    let mw = per_scrape_ms(exporters[0].cpu_clock, scrapes);
-    let ne = per_scrape_ms(exporters[1].cpu_clock, scrapes);
-    let ratio = mw / ne;
-    let ratio_ticks = exporters[0].cpu_ticks as f64 / exporters[1].cpu_ticks.max(1) as f64;
-    let mut rows = String::new();
-    for e in &exporters {
-        rows.push_str(&format!(
-            "| {} | `{}` | {} | {} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} |\n",
-            e.label,
-            e.command,
-            e.samples,
-            e.vmstat_series,
-            e.bytes,
-            per_scrape_ms(e.cpu_clock, scrapes),
-            ticks_ms(e.cpu_ticks, scrapes),
-            per_scrape_ms(e.wall, scrapes),
-            per_scrape_ms(e.cpu_clock, scrapes) / ne,
-        ));
+/// What the scrapes showed: memwatch's CPU against node_exporter's and one table row
+/// per exporter.
+struct Comparison {
+    /// memwatch / node_exporter CPU per scrape, from the CPU clocks.
+    ratio: f64,
+    /// The same from utime+stime ticks.
+    ratio_ticks: f64,
+    rows: String,
+}
+
+impl Comparison {
+    /// From `exporters` (memwatch first, node_exporter's defaults second) after
+    /// `scrapes` measured scrapes each.
+    fn of(exporters: &[Exporter], scrapes: usize) -> Self {
+        let mw = per_scrape_ms(exporters[0].cpu_clock, scrapes);
+        let ne = per_scrape_ms(exporters[1].cpu_clock, scrapes);
+        let ratio = mw / ne;
+        let ratio_ticks = exporters[0].cpu_ticks as f64 / exporters[1].cpu_ticks.max(1) as f64;
+        let mut rows = String::new();
+        for e in exporters {
+            rows.push_str(&format!(
+                "| {} | `{}` | {} | {} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} |\n",
+                e.label,
+                e.command,
+                e.samples,
+                e.vmstat_series,
+                e.bytes,
+                per_scrape_ms(e.cpu_clock, scrapes),
+                ticks_ms(e.cpu_ticks, scrapes),
+                per_scrape_ms(e.wall, scrapes),
+                per_scrape_ms(e.cpu_clock, scrapes) / ne,
+            ));
+        }
+        Self {
+            ratio,
+            ratio_ticks,
+            rows,
+        }
     }
-    drop(exporters);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let revision = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .current_dir(&root)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let verdict = if ratio <= TARGET_RATIO {
+}
+
+/// The `scrape` section of docs/BENCHMARKS.md: the verdict against `TARGET_RATIO`, the
+/// table and the method.
+fn scrape_section(
+    cmp: &Comparison,
+    scrapes: usize,
+    ne_version: &str,
+    revision: &str,
+    kernel: &str,
+) -> String {
+    let Comparison {
+        ratio,
+        ratio_ticks,
+        rows,
+    } = cmp;
+    let verdict = if *ratio <= TARGET_RATIO {
         format!("meets the target (at most {TARGET_RATIO})")
     } else {
         format!("MISSES the target (at most {TARGET_RATIO})")
     };
-    let section = format!(
+    format!(
         "Measured {} on this project's machine ({} cores), kernel {}, memwatch {revision} \
          (release build), {ne_version}.\n\
          Reproduce: `cargo xtask bench scrape` (`--scrapes N`, default 2000; \
@@ -752,11 +858,5 @@ pub fn scrape(scrapes: usize, write: bool) -> Result<()> {
         today(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel.trim(),
-    );
-    println!("{section}");
-    if write {
-        write_section(&root.join("docs/BENCHMARKS.md"), "scrape", &section)?;
-        eprintln!("bench: wrote docs/BENCHMARKS.md");
-    }
-    Ok(())
+    )
 }

@@ -20,8 +20,9 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader, Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, ChildStderr, ChildStdout, Command, Stdio},
     sync::mpsc,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -387,11 +388,35 @@ struct Boot {
 
 /// Runs QEMU, handing each console line (without `\r`) to `on_line`. Stops the VM
 /// (SIGKILL to its PID) after `SILENCE` without output or past `deadline`.
-fn boot(mut cmd: Command, deadline: Duration, mut on_line: impl FnMut(&str)) -> Result<Boot> {
+fn boot(mut cmd: Command, deadline: Duration, on_line: impl FnMut(&str)) -> Result<Boot> {
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let (lines, reader) = read_lines(child.stdout.take().expect("piped"));
+    let err_reader = read_all(child.stderr.take().expect("piped"));
+    let mut watch = watch_console(&lines, &mut child, start, deadline, on_line);
+    let status = child.wait()?;
+    let _ = reader.join();
+    let err = err_reader.join().unwrap_or_default();
+    if watch.trouble.is_none() && !watch.saw_done {
+        watch.trouble = Some(format!(
+            "VM ended before /init finished ({status}){}",
+            if err.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", err.trim())
+            }
+        ));
+    }
+    Ok(Boot {
+        trouble: watch.trouble,
+        stuck: watch.stuck,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Reads `stdout` on a thread and sends each line, `clean`ed, until it ends or the
+/// receiver goes away.
+fn read_lines(stdout: ChildStdout) -> (mpsc::Receiver<String>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
@@ -409,74 +434,97 @@ fn boot(mut cmd: Command, deadline: Duration, mut on_line: impl FnMut(&str)) -> 
             }
         }
     });
-    let err_reader = std::thread::spawn(move || {
+    (rx, reader)
+}
+
+/// Reads all of `stderr` on a thread (so QEMU never blocks on a full pipe).
+fn read_all(mut stderr: ChildStderr) -> JoinHandle<String> {
+    std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
-    });
-    let mut trouble = None;
-    let mut stuck = false;
-    let mut saw_done = false;
+    })
+}
+
+/// What the console of one boot showed.
+#[derive(Default)]
+struct Watch {
+    /// Why the VM was stopped or died, if it was or did.
+    trouble: Option<String>,
+    /// The guest kernel reported a soft lockup or an RCU stall.
+    stuck: bool,
+    /// /init printed `@@mw done`.
+    saw_done: bool,
+}
+
+impl Watch {
+    /// Notes a kernel panic (the first one) and /init's closing line.
+    fn note(&mut self, line: &str) {
+        if let Some(i) = line.find("Kernel panic") {
+            if self.trouble.is_none() {
+                self.trouble = Some(line[i..].trim().to_string());
+            }
+        }
+        if line.starts_with("@@mw done") {
+            self.saw_done = true;
+        }
+    }
+
+    /// Whether `line` says the guest kernel is stuck (soft lockup, RCU stall); if so,
+    /// notes that as the trouble.
+    fn stuck_on(&mut self, line: &str) -> bool {
+        let Some(i) = line
+            .find("BUG: soft lockup")
+            .or_else(|| line.find("rcu_sched self-detected stall"))
+        else {
+            return false;
+        };
+        self.trouble = Some(format!("guest kernel stuck: {}", line[i..].trim()));
+        self.stuck = true;
+        true
+    }
+}
+
+/// Hands each console line from `lines` to `on_line` until the console closes, and
+/// kills `child` (our own, by PID) when its guest kernel is stuck, after `SILENCE`
+/// without output or once `deadline` from `start` has passed.
+fn watch_console(
+    lines: &mpsc::Receiver<String>,
+    child: &mut Child,
+    start: Instant,
+    deadline: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Watch {
+    let mut watch = Watch::default();
     let mut last = Instant::now();
     loop {
         let left = deadline.saturating_sub(start.elapsed());
         let quiet_left = SILENCE.saturating_sub(last.elapsed());
-        match rx.recv_timeout(left.min(quiet_left)) {
+        match lines.recv_timeout(left.min(quiet_left)) {
             Ok(line) => {
                 last = Instant::now();
-                if let Some(i) = line.find("Kernel panic") {
-                    if trouble.is_none() {
-                        trouble = Some(line[i..].trim().to_string());
-                    }
-                }
-                if line.starts_with("@@mw done") {
-                    saw_done = true;
-                }
+                watch.note(&line);
                 on_line(&line);
                 // A stuck guest kernel does not recover; waiting for the deadline would
                 // take the whole budget.
-                if let Some(i) = line
-                    .find("BUG: soft lockup")
-                    .or_else(|| line.find("rcu_sched self-detected stall"))
-                {
-                    trouble = Some(format!("guest kernel stuck: {}", line[i..].trim()));
-                    stuck = true;
-                    // Our own child, by PID.
+                if watch.stuck_on(&line) {
                     let _ = child.kill();
                     break;
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                trouble = Some(if start.elapsed() >= deadline {
+                watch.trouble = Some(if start.elapsed() >= deadline {
                     format!("stopped after the {}s time limit", deadline.as_secs())
                 } else {
                     format!("stopped: no console output for {}s", SILENCE.as_secs())
                 });
-                // Our own child, by PID.
                 let _ = child.kill();
                 break;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let status = child.wait()?;
-    let _ = reader.join();
-    let err = err_reader.join().unwrap_or_default();
-    if trouble.is_none() && !saw_done {
-        trouble = Some(format!(
-            "VM ended before /init finished ({status}){}",
-            if err.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", err.trim())
-            }
-        ));
-    }
-    Ok(Boot {
-        trouble,
-        stuck,
-        elapsed: start.elapsed(),
-    })
+    watch
 }
 
 /// A console line without its line end, carriage returns and terminal escape sequences
@@ -646,76 +694,11 @@ impl Reporter {
 pub fn test(args: &TestArgs) -> Result<Counts> {
     let started = Instant::now();
     let series = select(&args.kernel)?;
-    let rungs: Vec<&str> = if args.rung.is_empty() {
-        RUNGS.to_vec()
-    } else {
-        RUNGS
-            .iter()
-            .copied()
-            .filter(|r| args.rung.iter().any(|a| a == r))
-            .collect()
-    };
+    let rungs = chosen_rungs(&args.rung);
     let kernels = fetch(&series, args.refresh)?;
     let (memwatch, mut binaries) = build_tests()?;
-    if !args.only.is_empty() {
-        if let Some(missing) = args
-            .only
-            .iter()
-            .find(|o| !binaries.iter().any(|b| &&b.name == o))
-        {
-            bail!(
-                "--only {missing}: no such test binary (there are: {})",
-                binaries
-                    .iter()
-                    .map(|b| b.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        binaries.retain(|b| args.only.contains(&b.name));
-    }
-
-    let mut contents = initramfs::Contents::default();
-    contents
-        .binaries
-        .push(("/bin/memwatch".into(), memwatch.clone()));
-    for b in &binaries {
-        contents
-            .binaries
-            .push((format!("/tests/{}", b.name), b.path.clone()));
-    }
-    match which("bpftool") {
-        Some(p) => contents.binaries.push(("/usr/sbin/bpftool".into(), p)),
-        None => eprintln!("xtask: vm: no bpftool on this host; tests that use it will fail"),
-    }
-    // Each kernel's modules under /lib/modules/<release>/, with the order /init loads
-    // them in.
-    for k in &kernels {
-        let mods = modules::get(k, DISK_MODULES)
-            .with_context(|| format!("modules of the {} kernel", k.series))?;
-        let dir = format!("/lib/modules/{}", k.release);
-        let mut load = String::new();
-        for (name, path) in &mods {
-            let data =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            contents.files.push((format!("{dir}/{name}.ko"), data));
-            load.push_str(name);
-            load.push('\n');
-        }
-        contents
-            .files
-            .push((format!("{dir}/modules.load"), load.into_bytes()));
-    }
-    let t = Instant::now();
-    let image = initramfs::build(&contents)?;
-    let initrd = work_dir()?.join("initramfs.cpio");
-    std::fs::write(&initrd, &image)?;
-    eprintln!(
-        "xtask: vm: initramfs {} ({:.1} MB) in {:.1}s",
-        initrd.display(),
-        image.len() as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
+    keep_only(&mut binaries, &args.only)?;
+    let initrd = write_test_initramfs(&memwatch, &binaries, &kernels)?;
     let accel = choose_accel(args.accel, &kernels[0], &initrd)?;
 
     let mut rep = Reporter {
@@ -728,143 +711,21 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
     let bin_names: Vec<&str> = binaries.iter().map(|b| b.name.as_str()).collect();
     let wanted = matrix::plan(&rungs, &bin_names, explicit);
     for k in &kernels {
-        let mut supported = Vec::new();
-        let mut unsupported = Vec::new();
-        for &r in &rungs {
-            match rung_unsupported(k, r)? {
-                Some(why) => unsupported.push((r, why)),
-                None => supported.push(r),
-            }
-        }
-        let plan = matrix::plan(&supported, &bin_names, explicit);
-        for (r, why) in &unsupported {
-            for name in matrix::lost_on(r, &wanted, &plan, explicit) {
-                let b = binaries.iter().find(|b| b.name == name).expect("planned");
-                for t in &b.tests {
-                    rep.skip(&format!("{} {r} {}::{t}", k.series, b.name), why);
-                }
-            }
-        }
+        let plan = kernel_plan(
+            k, &rungs, &binaries, &bin_names, &wanted, explicit, &mut rep,
+        )?;
         if plan.is_empty() {
             continue;
         }
-        eprintln!(
-            "xtask: vm {}: {}",
-            k.series,
-            plan.iter()
-                .map(|(r, b)| format!("{r}: {}", b.join(" ")))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        // Each binary run may take its full timeout inside the guest; boot and
-        // power-off get the 120 s.
-        let deadline = Duration::from_secs(120 + BINARY_TIMEOUT_SECS * matrix::runs(&plan) as u64);
-        // A guest kernel that gets stuck (soft lockup, RCU stall: seen once on 5.10
-        // under TCG) is booted once more; the retry is announced, and a second stuck
-        // boot fails that kernel's tests.
-        for attempt in 1..=2 {
-            let mut krep = Reporter {
-                counts: Counts::default(),
-            };
-            let disk = work_dir()?.join(format!("scratch-{}.img", k.series));
-            let disk_args = scratch_disk(&disk)?;
-            let append = format!(
-                "{} memwatch.timeout={BINARY_TIMEOUT_SECS} memwatch.disk=vda {}",
-                matrix::cmdline(&plan),
-                args.append
-            );
-            if append.len() + CMDLINE_PREFIX.len() >= CMDLINE_MAX {
-                bail!(
-                    "vm {}: a kernel command line of {} bytes; x86 takes {CMDLINE_MAX}",
-                    k.series,
-                    append.len() + CMDLINE_PREFIX.len()
-                );
-            }
-            let log_path = work_dir()?.join(format!("console-{}.log", k.series));
-            let mut log = std::io::BufWriter::new(
-                std::fs::File::create(&log_path)
-                    .with_context(|| format!("creating {}", log_path.display()))?,
-            );
-            let mut current: Option<(String, String, BinaryRun)> = None;
-            let mut finished: BTreeSet<(String, String)> = BTreeSet::new();
-            let series = k.series;
-            let quiet = args.quiet;
-            let b = boot(
-                qemu(k, &initrd, accel, TEST_MACHINE, &append, &disk_args),
-                deadline,
-                |line| {
-                    // The heartbeat may land in the middle of a test's line.
-                    let line = line.replace("@@mw alive", "");
-                    if line.trim().is_empty() {
-                        return;
-                    }
-                    let line = line.as_str();
-                    if !quiet {
-                        eprintln!("  {series}| {line}");
-                    }
-                    let _ = writeln!(log, "{line}");
-                    if let Some(rest) = line.strip_prefix("@@mw begin ") {
-                        let mut w = rest.split_whitespace();
-                        if let (Some(r), Some(n)) = (w.next(), w.next()) {
-                            current = Some((r.to_string(), n.to_string(), BinaryRun::default()));
-                        }
-                    } else if let Some(rest) = line.strip_prefix("@@mw end ") {
-                        let mut w = rest.split_whitespace();
-                        if let (Some(r), Some(n), Some(rc)) = (w.next(), w.next(), w.next()) {
-                            if let (Some((_, _, run)), Some(bin)) =
-                                (current.take(), binaries.iter().find(|b| b.name == n))
-                            {
-                                krep.binary(series, r, bin, &run, Ok(rc.parse().unwrap_or(-1)));
-                                finished.insert((r.to_string(), n.to_string()));
-                            }
-                        }
-                    } else if let Some((_, _, run)) = current.as_mut() {
-                        run.line(line);
-                    }
-                },
-            )?;
-            log.flush()?;
-            let _ = std::fs::remove_file(&disk);
-            if let Some(why) = &b.trouble {
-                eprintln!(
-                    "xtask: vm {series}: {why} (console in {})",
-                    log_path.display()
-                );
-                // Whatever did not finish fails, with the reason.
-                for (r, names) in &plan {
-                    for bin in binaries.iter().filter(|b| names.contains(&b.name)) {
-                        if finished.contains(&(r.to_string(), bin.name.clone())) {
-                            continue;
-                        }
-                        let empty = BinaryRun::default();
-                        let run = match &current {
-                            Some((cr, cn, run)) if cr == r && *cn == bin.name => run,
-                            _ => &empty,
-                        };
-                        krep.binary(series, r, bin, run, Err(why));
-                    }
-                }
-            }
-            eprintln!(
-                "xtask: vm {series}: {} binary run(s) on {} rung(s) in {:.0}s",
-                matrix::runs(&plan),
-                plan.len(),
-                b.elapsed.as_secs_f64()
-            );
-            timings.push(format!("{series} {:.0}s", b.elapsed.as_secs_f64()));
-            if b.stuck && attempt == 1 {
-                eprintln!(
-                    "xtask: vm {series}: the guest kernel got stuck; discarding this boot's \
-                     {} result(s) and booting it once more",
-                    krep.counts.passed + krep.counts.failed + krep.counts.skipped
-                );
-                continue;
-            }
-            rep.counts.passed += krep.counts.passed;
-            rep.counts.failed += krep.counts.failed;
-            rep.counts.skipped += krep.counts.skipped;
-            break;
-        }
+        let vm = KernelTests {
+            k,
+            initrd: &initrd,
+            accel,
+            plan: &plan,
+            binaries: &binaries,
+            args,
+        };
+        vm.run(&mut rep, &mut timings)?;
     }
     eprintln!(
         "xtask: vm: {} in {:.0}s ({}, {})",
@@ -881,6 +742,315 @@ pub fn test(args: &TestArgs) -> Result<Counts> {
         }
     );
     Ok(rep.counts)
+}
+
+/// The rungs `--rung` names, in `RUNGS` order; all of them when it names none.
+fn chosen_rungs(named: &[String]) -> Vec<&'static str> {
+    if named.is_empty() {
+        RUNGS.to_vec()
+    } else {
+        RUNGS
+            .iter()
+            .copied()
+            .filter(|r| named.iter().any(|a| a == r))
+            .collect()
+    }
+}
+
+/// Keeps the binaries `--only` names (all when it names none); a name that is no test
+/// binary is an error.
+fn keep_only(binaries: &mut Vec<TestBinary>, only: &[String]) -> Result<()> {
+    if only.is_empty() {
+        return Ok(());
+    }
+    if let Some(missing) = only
+        .iter()
+        .find(|o| !binaries.iter().any(|b| &&b.name == o))
+    {
+        bail!(
+            "--only {missing}: no such test binary (there are: {})",
+            binaries
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    binaries.retain(|b| only.contains(&b.name));
+    Ok(())
+}
+
+/// Builds the tests' initramfs (memwatch, the test binaries, bpftool and each kernel's
+/// disk modules), writes it to the work directory and returns its path.
+fn write_test_initramfs(
+    memwatch: &Path,
+    binaries: &[TestBinary],
+    kernels: &[Kernel],
+) -> Result<PathBuf> {
+    let mut contents = initramfs::Contents::default();
+    contents
+        .binaries
+        .push(("/bin/memwatch".into(), memwatch.to_path_buf()));
+    for b in binaries {
+        contents
+            .binaries
+            .push((format!("/tests/{}", b.name), b.path.clone()));
+    }
+    match which("bpftool") {
+        Some(p) => contents.binaries.push(("/usr/sbin/bpftool".into(), p)),
+        None => eprintln!("xtask: vm: no bpftool on this host; tests that use it will fail"),
+    }
+    for k in kernels {
+        add_disk_modules(&mut contents, k)?;
+    }
+    let t = Instant::now();
+    let image = initramfs::build(&contents)?;
+    let initrd = work_dir()?.join("initramfs.cpio");
+    std::fs::write(&initrd, &image)?;
+    eprintln!(
+        "xtask: vm: initramfs {} ({:.1} MB) in {:.1}s",
+        initrd.display(),
+        image.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(initrd)
+}
+
+/// Adds the kernel's `DISK_MODULES` under /lib/modules/<release>/, with the order /init
+/// loads them in (`modules.load`).
+fn add_disk_modules(contents: &mut initramfs::Contents, k: &Kernel) -> Result<()> {
+    let mods = modules::get(k, DISK_MODULES)
+        .with_context(|| format!("modules of the {} kernel", k.series))?;
+    let dir = format!("/lib/modules/{}", k.release);
+    let mut load = String::new();
+    for (name, path) in &mods {
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        contents.files.push((format!("{dir}/{name}.ko"), data));
+        load.push_str(name);
+        load.push('\n');
+    }
+    contents
+        .files
+        .push((format!("{dir}/modules.load"), load.into_bytes()));
+    Ok(())
+}
+
+/// What runs on kernel `k`: the plan for those of `rungs` its config supports. What
+/// `wanted` would run on the others is reported as skipped, with the reason.
+fn kernel_plan(
+    k: &Kernel,
+    rungs: &[&'static str],
+    binaries: &[TestBinary],
+    bin_names: &[&str],
+    wanted: &matrix::Plan,
+    explicit: bool,
+    rep: &mut Reporter,
+) -> Result<matrix::Plan> {
+    let mut supported = Vec::new();
+    let mut unsupported = Vec::new();
+    for &r in rungs {
+        match rung_unsupported(k, r)? {
+            Some(why) => unsupported.push((r, why)),
+            None => supported.push(r),
+        }
+    }
+    let plan = matrix::plan(&supported, bin_names, explicit);
+    for (r, why) in &unsupported {
+        for name in matrix::lost_on(r, wanted, &plan, explicit) {
+            let b = binaries.iter().find(|b| b.name == name).expect("planned");
+            for t in &b.tests {
+                rep.skip(&format!("{} {r} {}::{t}", k.series, b.name), why);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// One kernel's share of `vm-test`: its plan, booted with the test initramfs.
+struct KernelTests<'a> {
+    k: &'a Kernel,
+    initrd: &'a Path,
+    accel: Accel,
+    plan: &'a matrix::Plan,
+    binaries: &'a [TestBinary],
+    args: &'a TestArgs,
+}
+
+impl KernelTests<'_> {
+    /// Boots the kernel and adds its results to `rep` and its boot time to `timings`.
+    /// A guest kernel that gets stuck (soft lockup, RCU stall: seen once on 5.10 under
+    /// TCG) is booted once more; the retry is announced, and a second stuck boot fails
+    /// that kernel's tests.
+    fn run(&self, rep: &mut Reporter, timings: &mut Vec<String>) -> Result<()> {
+        let series = self.k.series;
+        eprintln!(
+            "xtask: vm {series}: {}",
+            self.plan
+                .iter()
+                .map(|(r, b)| format!("{r}: {}", b.join(" ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        // Each binary run may take its full timeout inside the guest; boot and
+        // power-off get the 120 s.
+        let deadline =
+            Duration::from_secs(120 + BINARY_TIMEOUT_SECS * matrix::runs(self.plan) as u64);
+        for attempt in 1..=2 {
+            let (krep, b) = self.boot_once(deadline)?;
+            eprintln!(
+                "xtask: vm {series}: {} binary run(s) on {} rung(s) in {:.0}s",
+                matrix::runs(self.plan),
+                self.plan.len(),
+                b.elapsed.as_secs_f64()
+            );
+            timings.push(format!("{series} {:.0}s", b.elapsed.as_secs_f64()));
+            if b.stuck && attempt == 1 {
+                eprintln!(
+                    "xtask: vm {series}: the guest kernel got stuck; discarding this boot's \
+                     {} result(s) and booting it once more",
+                    krep.counts.passed + krep.counts.failed + krep.counts.skipped
+                );
+                continue;
+            }
+            rep.counts.passed += krep.counts.passed;
+            rep.counts.failed += krep.counts.failed;
+            rep.counts.skipped += krep.counts.skipped;
+            break;
+        }
+        Ok(())
+    }
+
+    /// One boot on a fresh scratch disk, its console saved in `console-<series>.log`:
+    /// each binary run is reported as /init ends it, and if the boot went wrong,
+    /// whatever did not finish fails with the reason.
+    fn boot_once(&self, deadline: Duration) -> Result<(Reporter, Boot)> {
+        let series = self.k.series;
+        let disk = work_dir()?.join(format!("scratch-{series}.img"));
+        let disk_args = scratch_disk(&disk)?;
+        let append = self.cmdline()?;
+        let log_path = work_dir()?.join(format!("console-{series}.log"));
+        let mut log = std::io::BufWriter::new(
+            std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?,
+        );
+        let mut console = Console {
+            series,
+            binaries: self.binaries,
+            rep: Reporter {
+                counts: Counts::default(),
+            },
+            current: None,
+            finished: BTreeSet::new(),
+        };
+        let quiet = self.args.quiet;
+        let b = boot(
+            qemu(
+                self.k,
+                self.initrd,
+                self.accel,
+                TEST_MACHINE,
+                &append,
+                &disk_args,
+            ),
+            deadline,
+            |line| {
+                // The heartbeat may land in the middle of a test's line.
+                let line = line.replace("@@mw alive", "");
+                if line.trim().is_empty() {
+                    return;
+                }
+                if !quiet {
+                    eprintln!("  {series}| {line}");
+                }
+                let _ = writeln!(log, "{line}");
+                console.line(&line);
+            },
+        )?;
+        log.flush()?;
+        let _ = std::fs::remove_file(&disk);
+        if let Some(why) = &b.trouble {
+            eprintln!(
+                "xtask: vm {series}: {why} (console in {})",
+                log_path.display()
+            );
+            console.fail_unfinished(self.plan, why);
+        }
+        Ok((console.rep, b))
+    }
+
+    /// The kernel arguments that tell /init what to run (after `CMDLINE_PREFIX`); an
+    /// error when the whole line would not fit x86's limit.
+    fn cmdline(&self) -> Result<String> {
+        let append = format!(
+            "{} memwatch.timeout={BINARY_TIMEOUT_SECS} memwatch.disk=vda {}",
+            matrix::cmdline(self.plan),
+            self.args.append
+        );
+        if append.len() + CMDLINE_PREFIX.len() >= CMDLINE_MAX {
+            bail!(
+                "vm {}: a kernel command line of {} bytes; x86 takes {CMDLINE_MAX}",
+                self.k.series,
+                append.len() + CMDLINE_PREFIX.len()
+            );
+        }
+        Ok(append)
+    }
+}
+
+/// Follows /init's `@@mw begin/end` markers on one boot's console and reports each
+/// binary run as it ends.
+struct Console<'a> {
+    series: &'a str,
+    binaries: &'a [TestBinary],
+    rep: Reporter,
+    /// The run under way: its rung, its binary and libtest's output so far.
+    current: Option<(String, String, BinaryRun)>,
+    /// The (rung, binary) runs /init has ended.
+    finished: BTreeSet<(String, String)>,
+}
+
+impl Console<'_> {
+    /// Takes one console line (heartbeat removed, not empty).
+    fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("@@mw begin ") {
+            let mut w = rest.split_whitespace();
+            if let (Some(r), Some(n)) = (w.next(), w.next()) {
+                self.current = Some((r.to_string(), n.to_string(), BinaryRun::default()));
+            }
+        } else if let Some(rest) = line.strip_prefix("@@mw end ") {
+            let mut w = rest.split_whitespace();
+            if let (Some(r), Some(n), Some(rc)) = (w.next(), w.next(), w.next()) {
+                if let (Some((_, _, run)), Some(bin)) = (
+                    self.current.take(),
+                    self.binaries.iter().find(|b| b.name == n),
+                ) {
+                    self.rep
+                        .binary(self.series, r, bin, &run, Ok(rc.parse().unwrap_or(-1)));
+                    self.finished.insert((r.to_string(), n.to_string()));
+                }
+            }
+        } else if let Some((_, _, run)) = self.current.as_mut() {
+            run.line(line);
+        }
+    }
+
+    /// Fails, with `why`, every run of `plan` that did not finish (with the output the
+    /// one under way had printed).
+    fn fail_unfinished(&mut self, plan: &matrix::Plan, why: &str) {
+        for (r, names) in plan {
+            for bin in self.binaries.iter().filter(|b| names.contains(&b.name)) {
+                if self.finished.contains(&(r.to_string(), bin.name.clone())) {
+                    continue;
+                }
+                let empty = BinaryRun::default();
+                let run = match &self.current {
+                    Some((cr, cn, run)) if cr == r && *cn == bin.name => run,
+                    _ => &empty,
+                };
+                self.rep.binary(self.series, r, bin, run, Err(why));
+            }
+        }
+    }
 }
 
 /// KVM only when asked for, or when `auto` and a probe boot under KVM reaches /init
