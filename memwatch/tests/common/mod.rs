@@ -63,9 +63,14 @@ pub fn free_port() -> u16 {
 pub struct TempFile(pub PathBuf);
 
 impl TempFile {
+    /// A new file, named after `name` and unique in this process (tests of one binary
+    /// run in parallel threads and may ask for the same name).
     pub fn new(name: &str, contents: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
         let path =
-            std::env::temp_dir().join(format!("memwatch-test-{}-{name}", std::process::id()));
+            std::env::temp_dir().join(format!("memwatch-test-{}-{n}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         Self(path)
     }
