@@ -4,8 +4,10 @@ mod btf;
 mod collectors;
 mod config;
 mod episodes;
+mod host;
 mod metrics;
 mod notify;
+mod parse;
 mod privileges;
 mod probes;
 mod server;
@@ -199,13 +201,6 @@ fn init_logging(level: LogLevel) {
         .init();
 }
 
-/// The kernel release, e.g. `6.1.0-26-amd64`.
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Everything the probes produced: the object (programs stay attached while it lives)
 /// and what each hook ended up on.
 struct Attached {
@@ -214,14 +209,14 @@ struct Attached {
 }
 
 /// Privilege check, tracefs, object load, ladder walk.
-fn attach_probes(cfg: &Config, explore: bool) -> Result<Attached, Fatal> {
+fn attach_probes(cfg: &Config, host: &host::Host, explore: bool) -> Result<Attached, Fatal> {
     privileges::check().map_err(Fatal::Usage)?;
     privileges::raise_memlock();
-    let support = KernelSupport::probe();
+    let support = KernelSupport::probe(host);
     if let Err(e) = &support.tracefs {
         log::error!("{e}");
     }
-    let mut ebpf = probes::load_object(&support, cfg)?;
+    let mut ebpf = probes::load_object(&support, cfg, host)?;
     let outcomes = probes::attach_all(&mut ebpf, &support, &cfg.probes, explore);
     Ok(Attached { ebpf, outcomes })
 }
@@ -244,11 +239,12 @@ fn run(args: RunArgs) -> Result<(), Fatal> {
             ))
         })?;
 
+        let host = Arc::new(host::Host::new(&args.procfs, &args.sysfs));
         let mut registry = Registry::default();
-        registry.register(Box::new(collectors::build_info::BuildInfo::new()));
-        collectors::register_proc(&mut registry, &cfg, &args.procfs, &args.sysfs);
+        registry.register(Box::new(collectors::build_info::BuildInfo::new(&host)));
+        collectors::register_proc(&mut registry, &cfg, &host);
         let running = if cfg.collectors.bpf {
-            start_probes(&cfg, &mut registry).await?
+            start_probes(&cfg, &host, &mut registry).await?
         } else {
             None
         };
@@ -355,8 +351,12 @@ struct Running {
 /// Loads and attaches the probes, registers their collectors, and starts the fork
 /// episode tasks. Without eBPF (a runtime failure) it says so and returns None: the
 /// /proc collectors still serve.
-async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Running>, Fatal> {
-    let mut a = match attach_probes(cfg, false) {
+async fn start_probes(
+    cfg: &Config,
+    host: &Arc<host::Host>,
+    registry: &mut Registry,
+) -> Result<Option<Running>, Fatal> {
+    let mut a = match attach_probes(cfg, host, false) {
         Ok(a) => a,
         Err(Fatal::Runtime(e)) => {
             log::error!("{e:#}; serving /proc metrics only");
@@ -387,7 +387,7 @@ async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Ru
     ) {
         Ok(c) => {
             if forks {
-                match start_episodes(&mut a.ebpf, cfg, cow, c.rows()) {
+                match start_episodes(&mut a.ebpf, cfg, host, cow, c.rows()) {
                     Ok(t) => {
                         registry.register(Box::new(collectors::episodes::Episodes::new(t.clone())));
                         tracker = Some(t);
@@ -416,6 +416,7 @@ async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Ru
 fn start_episodes(
     ebpf: &mut aya::Ebpf,
     cfg: &Config,
+    host: &Arc<host::Host>,
     cow: episodes::CowSource,
     rows: collectors::bpf::ProcRows,
 ) -> anyhow::Result<Arc<Mutex<episodes::Tracker>>> {
@@ -425,7 +426,7 @@ fn start_episodes(
             .context("map EVENTS missing from the eBPF object")?,
     )?;
     let tracker = Arc::new(Mutex::new(
-        episodes::Tracker::new(&cfg.episodes, cow)
+        episodes::Tracker::new(&cfg.episodes, cow, host.clone())
             .with_context(|| format!("opening episodes.log {:?}", cfg.episodes.log))?,
     ));
     // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.
@@ -519,10 +520,11 @@ fn probes_cmd(args: ProbesArgs) -> Result<(), Fatal> {
         ..Default::default()
     })?;
     init_logging(args.log_level);
-    let attached = attach_probes(&cfg, true)?;
+    let host = host::Host::local();
+    let attached = attach_probes(&cfg, &host, true)?;
     print!(
         "{}",
-        render_probes(&attached.outcomes, &kernel_release(), cfg.probes.mode)
+        render_probes(&attached.outcomes, host.kernel_release(), cfg.probes.mode)
     );
     Ok(())
 }
@@ -674,9 +676,12 @@ fn fork_report(args: ForkReportArgs) -> Result<(), Fatal> {
                 .context("starting the async runtime")?;
             runtime.block_on(async move {
                 let mut registry = Registry::default();
-                let running = start_probes(&cfg, &mut registry).await?.ok_or_else(|| {
-                    Fatal::Runtime(anyhow::anyhow!("no eBPF: cannot track forks"))
-                })?;
+                let host = Arc::new(host::Host::local());
+                let running = start_probes(&cfg, &host, &mut registry)
+                    .await?
+                    .ok_or_else(|| {
+                        Fatal::Runtime(anyhow::anyhow!("no eBPF: cannot track forks"))
+                    })?;
                 let tracker = running.tracker.clone().ok_or_else(|| {
                     Fatal::Runtime(anyhow::anyhow!(
                         "the fork hooks did not attach (see `memwatch probes`)"

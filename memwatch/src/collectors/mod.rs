@@ -25,7 +25,10 @@ use std::{
 
 use prometheus::proto::MetricFamily;
 
-use crate::metrics::{Kind, Text};
+use crate::{
+    host::Host,
+    metrics::{Kind, Text},
+};
 
 /// One source of metrics. Implement `collect` (families built with `metrics::Family`:
 /// simple, for a handful of series) or `write_text` (the text format written directly,
@@ -49,15 +52,11 @@ pub trait Collector: Send + Sync {
 }
 
 /// Registers the collectors of the kernel's own accounting (/proc and /sys) that the
-/// config enables, reading under `proc_root` and `sys_root` (tests point them at
+/// config enables, reading under the host's procfs and sysfs (tests point them at
 /// fixtures).
-pub fn register_proc(
-    registry: &mut Registry,
-    cfg: &crate::config::Config,
-    proc_root: &str,
-    sys_root: &str,
-) {
+pub fn register_proc(registry: &mut Registry, cfg: &crate::config::Config, host: &Arc<Host>) {
     let c = &cfg.collectors;
+    let proc_root = host.procfs();
     if c.meminfo {
         let e = registry.parse_errors("meminfo");
         registry.register(Box::new(meminfo::Meminfo::new(proc_root, e)));
@@ -76,13 +75,13 @@ pub fn register_proc(
     }
     if c.knobs {
         let e = registry.parse_errors("knobs");
-        registry.register(Box::new(knobs::Knobs::new(proc_root, sys_root, e)));
+        registry.register(Box::new(knobs::Knobs::new(proc_root, host.sysfs(), e)));
     }
     if c.processes {
         let smaps = registry.parse_errors("smaps_rollup");
         let stat = registry.parse_errors("pid_stat");
         registry.register(Box::new(processes::Processes::new(
-            proc_root,
+            host.clone(),
             cfg.processes.clone(),
             smaps,
             stat,
