@@ -6,6 +6,8 @@ pub mod attribution;
 pub mod bpf;
 pub mod build_info;
 pub mod episodes;
+#[cfg(test)]
+mod fixture_tree;
 pub mod knobs;
 pub mod meminfo;
 pub mod pressure;
