@@ -443,39 +443,7 @@ pub mod testutil {
         (out.len() == n).then_some(out)
     }
 
-    /// A temporary directory standing in for /proc or /sys, removed on drop.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new(name: &str) -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "memwatch-unit-{}-{name}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-
-        /// Writes `rel` (creating its folders).
-        pub fn write(&self, rel: &str, text: &str) {
-            let p = self.0.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub use crate::host::testing::TempDir;
 
     /// Every fixture of every kind: the seed corpus for mutations.
     fn corpus() -> Vec<String> {

@@ -486,7 +486,7 @@ mod tests {
 
     #[test]
     fn watch_rules() {
-        let dir = crate::collectors::testutil::TempDir::new("watch");
+        let dir = crate::host::testing::TempDir::new("watch");
         dir.write(
             "5/cgroup",
             "4:memory:/redis/a\n0::/system.slice/x.service\n",
