@@ -67,10 +67,12 @@ fn tree() -> (testutil::TempDir, testutil::TempDir) {
 fn collectors_read_only_the_fixture_tree() {
     let (p, s) = tree();
     let host = Arc::new(Host::new(p.path(), s.path()));
-    let mut cfg = Config::default();
-    cfg.processes = config::Processes {
-        comm: vec!["fixture-*".into()],
-        ..config::Processes::default()
+    let cfg = Config {
+        processes: config::Processes {
+            comm: vec!["fixture-*".into()],
+            ..config::Processes::default()
+        },
+        ..Config::default()
     };
     let mut registry = Registry::default();
     registry.register(Box::new(BuildInfo::new(&host)));
