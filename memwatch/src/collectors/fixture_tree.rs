@@ -9,7 +9,7 @@ use memwatch_common::{proc, Event, EVENT_FORK};
 use super::{build_info::BuildInfo, register_proc, testutil, Registry};
 use crate::{
     config::{self, Config},
-    episodes::{context::HostContext, Counts, CowSource, RowSource, Tracker, Watch},
+    episodes::{context::HostContext, Counts, CowSource, Tracker, Watch},
     host::Host,
 };
 
@@ -110,14 +110,6 @@ fn collectors_read_only_the_fixture_tree() {
     assert!(success.iter().all(|l| l.ends_with(" 1")), "{text}");
 }
 
-struct Rows(HashMap<u32, Counts>);
-
-impl RowSource for Rows {
-    fn row(&self, tgid: u32) -> Option<Counts> {
-        self.0.get(&tgid).copied()
-    }
-}
-
 #[test]
 fn episodes_read_only_the_fixture_tree() {
     let (p, s) = tree();
@@ -161,7 +153,7 @@ fn episodes_read_only_the_fixture_tree() {
 
     // A fork of pid 4242: the episode's RSS and host context are the fixture's.
     let mut t = Tracker::new(&episodes, CowSource::Copies, host.clone()).unwrap();
-    let rows = Rows(HashMap::from([(4242, [0; proc::COUNTERS])]));
+    let rows: HashMap<u32, Counts> = HashMap::from([(4242, [0; proc::COUNTERS])]);
     let mut comm = [0u8; 16];
     comm[..11].copy_from_slice(b"fixture-srv");
     let fork = Event {

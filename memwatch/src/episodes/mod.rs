@@ -127,6 +127,14 @@ pub trait RowSource: Send {
     fn row(&self, tgid: u32) -> Option<Counts>;
 }
 
+/// Rows by tgid, for tests.
+#[cfg(test)]
+impl RowSource for HashMap<u32, Counts> {
+    fn row(&self, tgid: u32) -> Option<Counts> {
+        self.get(&tgid).copied()
+    }
+}
+
 /// How COW is counted on this kernel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CowSource {
@@ -522,13 +530,6 @@ mod tests {
         );
     }
 
-    struct Rows(HashMap<u32, Counts>);
-    impl RowSource for Rows {
-        fn row(&self, tgid: u32) -> Option<Counts> {
-            self.0.get(&tgid).copied()
-        }
-    }
-
     #[test]
     fn an_episode_from_events() {
         let cfg = Config {
@@ -539,10 +540,10 @@ mod tests {
         let mut t = Tracker::new(&cfg, CowSource::Copies, Arc::new(Host::local())).unwrap();
         let mut comm = [0u8; 16];
         comm[..12].copy_from_slice(b"redis-server");
-        let mut rows = Rows(HashMap::new());
+        let mut rows = HashMap::new();
         let mut start = [0u64; proc::COUNTERS];
         start[proc::COW_COPIES] = 10;
-        rows.0.insert(100, start);
+        rows.insert(100, start);
         let now = mono_ns();
         t.on_event(
             &Event {
@@ -561,10 +562,10 @@ mod tests {
         let mut end = start;
         end[proc::COW_COPIES] = 1010;
         end[proc::DIRECT_RECLAIM_NS] = 300_000_000;
-        rows.0.insert(100, end);
+        rows.insert(100, end);
         let mut child = [0u64; proc::COUNTERS];
         child[proc::COW_COPIES] = 5;
-        rows.0.insert(200, child);
+        rows.insert(200, child);
         t.on_event(
             &Event {
                 kind: EVENT_EXIT,
