@@ -149,47 +149,55 @@ pub fn parse(text: &str) -> (Parsed<'_>, Vec<&str>) {
             section = Section::ZoneStats;
             continue;
         }
-        if let Some((key, value)) = t.split_once(':') {
-            let key = key.trim();
-            if section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
-                continue;
-            }
-            match parse_int(value.trim()) {
-                Some(value) if valid_name(key) && !has(&zone.scalars, key) => {
-                    zone.scalars.push(Field { name: key, value })
-                }
-                _ => errors.push(line),
-            }
-            continue;
-        }
-        let Some(field) = parse_kv(t) else {
+        if !zone_field(&mut zi, section, node_idx, t) {
             errors.push(line);
-            continue;
-        };
-        let list = match section {
-            Section::NodeStats => match node_idx {
-                Some(i) => &mut zi.nodes[i].stats,
-                None => {
-                    errors.push(line);
-                    continue;
-                }
-            },
-            // Header keys are bare words; a statistic (older kernels print them before
-            // `protection:`) has an underscore.
-            Section::ZoneHeader if !field.name.contains('_') => &mut zone.header,
-            Section::ZoneStart => {
-                errors.push(line);
-                continue;
-            }
-            _ => &mut zone.stats,
-        };
-        if has(list, field.name) {
-            errors.push(line);
-        } else {
-            list.push(field);
         }
     }
     (zi, errors)
+}
+
+/// A `key: value` scalar or a `key value` field of the current zone (or of the node's
+/// statistics block, in that section) put in its place; `false` when the line is
+/// malformed or repeats a name.
+fn zone_field<'a>(
+    zi: &mut Parsed<'a>,
+    section: Section,
+    node_idx: Option<usize>,
+    t: &'a str,
+) -> bool {
+    let zone = zi.zones.last_mut().expect("a zone once past Skip");
+    if let Some((key, value)) = t.split_once(':') {
+        let key = key.trim();
+        if section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
+            return true;
+        }
+        return match parse_int(value.trim()) {
+            Some(value) if valid_name(key) && !has(&zone.scalars, key) => {
+                zone.scalars.push(Field { name: key, value });
+                true
+            }
+            _ => false,
+        };
+    }
+    let Some(field) = parse_kv(t) else {
+        return false;
+    };
+    let list = match section {
+        Section::NodeStats => match node_idx {
+            Some(i) => &mut zi.nodes[i].stats,
+            None => return false,
+        },
+        // Header keys are bare words; a statistic (older kernels print them before
+        // `protection:`) has an underscore.
+        Section::ZoneHeader if !field.name.contains('_') => &mut zone.header,
+        Section::ZoneStart => return false,
+        _ => &mut zone.stats,
+    };
+    if has(list, field.name) {
+        return false;
+    }
+    list.push(field);
+    true
 }
 
 /// Whether `list` has a field `name`.
