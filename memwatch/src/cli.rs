@@ -153,14 +153,11 @@ pub fn probes_cmd(args: ProbesArgs) -> Result<(), Fatal> {
         ..Default::default()
     })?;
     init_logging(args.log_level);
-    let attached = crate::daemon::attach_probes(&cfg, true)?;
+    let host = crate::host::Host::local();
+    let attached = crate::daemon::attach_probes(&cfg, &host, true)?;
     print!(
         "{}",
-        render_probes(
-            &attached.outcomes,
-            &crate::kernel_release(),
-            cfg.probes.mode
-        )
+        render_probes(&attached.outcomes, host.kernel_release(), cfg.probes.mode)
     );
     Ok(())
 }

@@ -35,8 +35,10 @@ process_max_entries = 10240
 process_top_n = 50
 
 [episodes]
-# Forks of these processes become fork episodes (fork to child exit): by command name
-# (a trailing * matches any suffix), by pid, or by cgroup path (and its descendants).
+# Forks of these processes become fork episodes (fork to child exit): by comm pattern
+# ("*" matches any run of characters, anything else itself: "redis-*", "*sql*"; the
+# same patterns as [processes] comm), by pid, or by cgroup path (a process is in it
+# when a line of its /proc/PID/cgroup is that path or below it, as in [processes]).
 watch_comms = ["redis-server"]
 watch_pids = []
 watch_cgroups = []
@@ -63,7 +65,8 @@ bpf = true
 [processes]
 # Processes whose /proc/PID/smaps_rollup and fault counts are exported, labelled pid
 # and comm. A process is watched when its comm (the kernel's 15-character name)
-# matches one of these patterns ("*" matches anything)...
+# matches one of these patterns ("*" matches any run of characters, including none;
+# every other character matches itself)...
 comm = ["redis-server", "redis-rdb-*", "redis-aof-*"]
 # ...or its pid is listed...
 pids = []

@@ -9,7 +9,9 @@ use crate::{
     cli::{init_logging, load_config, RunArgs},
     collectors::{self, Registry},
     config::{self, Config},
-    episodes, notify, privileges,
+    episodes,
+    host::Host,
+    notify, privileges,
     probes::{self, HookOutcome, KernelSupport},
     server, Fatal,
 };
@@ -46,11 +48,12 @@ pub fn run(args: RunArgs) -> Result<(), Fatal> {
                 "cannot listen on {addr} ({e}): pick another --web.listen-address"
             ))
         })?;
+        let host = Arc::new(Host::new(&args.procfs, &args.sysfs));
         let mut registry = Registry::default();
-        registry.register(Box::new(collectors::build_info::BuildInfo::new()));
-        collectors::register_proc(&mut registry, &cfg, &args.procfs, &args.sysfs);
+        registry.register(Box::new(collectors::build_info::BuildInfo::new(&host)));
+        collectors::register_proc(&mut registry, &cfg, &host);
         let running = if cfg.collectors.bpf {
-            start_probes(&cfg, &mut registry).await?
+            start_probes(&cfg, &host, &mut registry).await?
         } else {
             None
         };
@@ -115,14 +118,14 @@ fn detach(attached: Attached) {
 }
 
 /// Privilege check, tracefs, object load, ladder walk.
-pub fn attach_probes(cfg: &Config, explore: bool) -> Result<Attached, Fatal> {
+pub fn attach_probes(cfg: &Config, host: &Host, explore: bool) -> Result<Attached, Fatal> {
     privileges::check().map_err(Fatal::Usage)?;
     privileges::raise_memlock();
-    let support = KernelSupport::probe();
+    let support = KernelSupport::probe(host);
     if let Err(e) = &support.tracefs {
         log::error!("{e}");
     }
-    let mut ebpf = probes::load_object(&support, cfg)?;
+    let mut ebpf = probes::load_object(&support, cfg, host)?;
     let outcomes = probes::attach_all(&mut ebpf, &support, &cfg.probes, explore);
     Ok(Attached { ebpf, outcomes })
 }
@@ -172,8 +175,12 @@ fn service_status(local: &str, running: Option<&Running>, kept: &str) -> String 
 /// Loads and attaches the probes, registers their collectors, and starts the fork
 /// episode tasks. Without eBPF (a runtime failure) it says so and returns None: the
 /// /proc collectors still serve.
-pub async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Option<Running>, Fatal> {
-    let mut a = match attach_probes(cfg, false) {
+pub async fn start_probes(
+    cfg: &Config,
+    host: &Arc<Host>,
+    registry: &mut Registry,
+) -> Result<Option<Running>, Fatal> {
+    let mut a = match attach_probes(cfg, host, false) {
         Ok(a) => a,
         Err(Fatal::Runtime(e)) => {
             log::error!("{e:#}; serving /proc metrics only");
@@ -198,7 +205,7 @@ pub async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Optio
     ) {
         Ok(c) => {
             if forks {
-                match start_episodes(&mut a.ebpf, cfg, cow, c.rows()) {
+                match start_episodes(&mut a.ebpf, cfg, host, cow, c.rows()) {
                     Ok(t) => {
                         registry.register(Box::new(collectors::episodes::Episodes::new(t.clone())));
                         tracker = Some(t);
@@ -227,6 +234,7 @@ pub async fn start_probes(cfg: &Config, registry: &mut Registry) -> Result<Optio
 fn start_episodes(
     ebpf: &mut aya::Ebpf,
     cfg: &Config,
+    host: &Arc<Host>,
     cow: episodes::CowSource,
     rows: collectors::bpf::ProcRows,
 ) -> anyhow::Result<Arc<Mutex<episodes::Tracker>>> {
@@ -236,7 +244,7 @@ fn start_episodes(
             format!("map {} missing from the eBPF object", probes::maps::EVENTS)
         })?)?;
     let tracker = Arc::new(Mutex::new(
-        episodes::Tracker::new(&cfg.episodes, cow)
+        episodes::Tracker::new(&cfg.episodes, cow, host.clone())
             .with_context(|| format!("opening episodes.log {:?}", cfg.episodes.log))?,
     ));
     // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.

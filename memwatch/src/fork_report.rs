@@ -129,7 +129,8 @@ fn with_own_probes(args: &ForkReportArgs) -> Result<(), Fatal> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut registry = Registry::default();
-        let running = daemon::start_probes(&cfg, &mut registry)
+        let host = std::sync::Arc::new(crate::host::Host::local());
+        let running = daemon::start_probes(&cfg, &host, &mut registry)
             .await?
             .ok_or_else(|| Fatal::Runtime(anyhow::anyhow!("no eBPF: cannot track forks")))?;
         let tracker = running.tracker.clone().ok_or_else(|| {

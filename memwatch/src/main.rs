@@ -10,8 +10,10 @@ mod config;
 mod daemon;
 mod episodes;
 mod fork_report;
+mod host;
 mod metrics;
 mod notify;
+mod parse;
 mod privileges;
 mod probes;
 mod server;
@@ -60,11 +62,4 @@ impl From<anyhow::Error> for Fatal {
     fn from(e: anyhow::Error) -> Self {
         Fatal::Runtime(e)
     }
-}
-
-/// The kernel release, e.g. `6.1.0-26-amd64`.
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use memwatch_common::{proc, ProcRow, COMM_LEN};
+use memwatch_common::{proc, ProcRow};
 
 /// A process row as read from the kernel.
 #[derive(Debug, Clone)]
@@ -28,10 +28,8 @@ impl Row {
     }
 }
 
-pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
+/// Kept here for bpf.rs until it takes them from `parse` (issue 12).
+pub use crate::parse::comm_str;
 
 /// Indices of the `n` items with the largest `score`, largest first, ties in `tie`'s
 /// order (processes by tgid, cgroups by path); items scoring zero are left out unless
@@ -56,48 +54,20 @@ pub fn top_n<T>(
     idx
 }
 
-/// Which cgroup hierarchy names a process's memory cgroup.
-#[derive(Debug, Clone)]
-pub enum Hierarchy {
-    /// cgroup v2 (`0::/path`).
-    Unified,
-    /// A v1 hierarchy with this id (the one carrying the `memory` controller).
-    V1(String),
-}
+/// bpf.rs's memory-cgroup lookup, read from the real /proc as before, until bpf.rs is
+/// handed the `Host` (issue 12: the lead switches it over). New code uses
+/// `Host::cgroup_of`, which honours `--path.procfs`.
+pub struct Hierarchy(crate::host::Host);
 
 impl Hierarchy {
-    /// The memory controller's hierarchy, judged from this process's own cgroup file.
     pub fn detect() -> Self {
-        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        for line in text.lines() {
-            let mut parts = line.splitn(3, ':');
-            if let (Some(id), Some(ctrls)) = (parts.next(), parts.next()) {
-                if ctrls.split(',').any(|c| c == "memory") {
-                    return Hierarchy::V1(id.to_string());
-                }
-            }
-        }
-        Hierarchy::Unified
+        Self(crate::host::Host::local())
     }
 
-    /// The cgroup path of `pid` in this hierarchy, if the process is alive.
+    /// The cgroup path of `pid` in the memory controller's hierarchy, if it is alive.
     pub fn cgroup_of(&self, pid: u32) -> Option<String> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        parse_cgroup(&text, self)
+        self.0.cgroup_of(pid)
     }
-}
-
-/// The path of the hierarchy's line in a /proc/PID/cgroup file.
-pub fn parse_cgroup(text: &str, h: &Hierarchy) -> Option<String> {
-    text.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let ours = match h {
-            Hierarchy::Unified => id == "0" && ctrls.is_empty(),
-            Hierarchy::V1(want) => id == want,
-        };
-        ours.then(|| path.to_string())
-    })
 }
 
 /// Per-cgroup counters accumulated from per-process deltas, so they only grow.
@@ -160,21 +130,6 @@ mod tests {
         );
         assert_eq!(top_n(&rows, 10, |r| r.counts[0], by_tgid, false).len(), 4);
         assert_eq!(top_n(&rows, 10, |r| r.counts[0], by_tgid, true)[4], 2);
-    }
-
-    #[test]
-    fn cgroup_lines() {
-        let v1 = "12:pids:/\n4:memory:/test/a\n0::/\n";
-        assert_eq!(
-            parse_cgroup(v1, &Hierarchy::V1("4".into())).as_deref(),
-            Some("/test/a")
-        );
-        assert_eq!(parse_cgroup(v1, &Hierarchy::Unified).as_deref(), Some("/"));
-        assert_eq!(
-            parse_cgroup("0::/system.slice/x\n", &Hierarchy::Unified).as_deref(),
-            Some("/system.slice/x")
-        );
-        assert_eq!(parse_cgroup("garbage", &Hierarchy::Unified), None);
     }
 
     #[test]

@@ -3,16 +3,16 @@
 use prometheus::proto::MetricFamily;
 
 use super::Collector;
-use crate::metrics::Family;
+use crate::{host::Host, metrics::Family};
 
 pub struct BuildInfo {
     kernel: String,
 }
 
 impl BuildInfo {
-    pub fn new() -> Self {
+    pub fn new(host: &Host) -> Self {
         Self {
-            kernel: crate::kernel_release(),
+            kernel: host.kernel_release().to_string(),
         }
     }
 }

@@ -17,7 +17,10 @@ use super::{
     procfs::{self, ReadBuf},
     Collector, ParseErrors,
 };
-use crate::metrics::{Kind, Text};
+use crate::{
+    metrics::{Kind, Text},
+    parse::{parse_choice, parse_sysctl},
+};
 
 /// A sysctl under /proc/sys/vm: file, metric name, factor to base units, help.
 pub struct Sysctl {
@@ -116,35 +119,6 @@ pub const THP: &[(&str, &str, &str)] = &[
          active setting, 0 for the others offered.",
     ),
 ];
-
-/// Parses a sysctl holding one integer.
-pub fn parse_sysctl(text: &str) -> Option<f64> {
-    let mut words = text.split_ascii_whitespace();
-    let v = super::vmstat::parse_int(words.next()?)?;
-    words.next().is_none().then_some(v)
-}
-
-/// Parses a sysfs choice list, `always [madvise] never`: every option and whether it is
-/// the selected one. Exactly one option must be selected.
-pub fn parse_choice(text: &str) -> Option<Vec<(&str, bool)>> {
-    let mut opts = Vec::with_capacity(5);
-    for w in text.split_ascii_whitespace() {
-        let (name, selected) = match w.strip_prefix('[') {
-            Some(rest) => (rest.strip_suffix(']')?, true),
-            None => (w, false),
-        };
-        let ok = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b));
-        if !ok || opts.iter().any(|(n, _)| *n == name) || opts.len() >= 16 {
-            return None;
-        }
-        opts.push((name, selected));
-    }
-    (opts.iter().filter(|o| o.1).count() == 1).then_some(opts)
-}
 
 /// The knobs collector.
 pub struct Knobs {

@@ -11,21 +11,13 @@ use super::{
     procfs::{self, FieldFile, FieldLine},
     Collector, ParseErrors,
 };
-use crate::metrics::{Kind, Rendered, Text};
-
-/// One parsed line of /proc/meminfo.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry<'a> {
-    /// The field as the kernel spells it, e.g. `Active(anon)`.
-    pub field: &'a str,
-    /// The value in bytes, or a plain count when `unit` is `None`.
-    pub value: u64,
-    /// `Some("kB")` for sizes; `None` for counts such as `HugePages_Total`.
-    pub unit: Option<&'a str>,
-}
+use crate::{
+    metrics::{Kind, Rendered, Text},
+    parse::meminfo::parse_line,
+};
 
 #[cfg(test)]
-impl Entry<'_> {
+impl crate::parse::meminfo::Entry<'_> {
     /// The exported metric name.
     pub fn metric_name(&self) -> String {
         metric_name(self.field, self.unit.is_some())
@@ -44,40 +36,6 @@ pub fn metric_name(field: &str, bytes: bool) -> String {
     }
     procfs::lint_fix(&mut name, false);
     name
-}
-
-/// Parses /proc/meminfo. Malformed lines are skipped and returned beside the entries,
-/// so one bad line never costs the rest.
-pub fn parse(text: &str) -> (Vec<Entry<'_>>, Vec<&str>) {
-    let mut entries = Vec::with_capacity(64);
-    let mut errors = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match parse_line(line) {
-            Some(e) if entries.iter().any(|x: &Entry| x.field == e.field) => errors.push(line),
-            Some(e) => entries.push(e),
-            None => errors.push(line),
-        }
-    }
-    (entries, errors)
-}
-
-fn parse_line(line: &str) -> Option<Entry<'_>> {
-    let (field, rest) = line.split_once(':')?;
-    let field = field.trim();
-    if field.is_empty() {
-        return None;
-    }
-    let mut words = rest.split_whitespace();
-    let number: u64 = words.next()?.parse().ok()?;
-    let (value, unit) = match words.next() {
-        None => (number, None),
-        Some("kB") => (number.checked_mul(1024)?, Some("kB")),
-        Some(_) => return None,
-    };
-    if words.next().is_some() {
-        return None;
-    }
-    Some(Entry { field, value, unit })
 }
 
 /// The meminfo collector.
@@ -121,7 +79,7 @@ impl Collector for Meminfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::testutil;
+    use crate::{collectors::testutil, parse::meminfo::parse};
 
     /// Every fixture parses completely and matches its golden file
     /// (`UPDATE_GOLDEN=1` rewrites them; review the diff).

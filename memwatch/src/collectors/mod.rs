@@ -6,6 +6,8 @@ pub mod attribution;
 pub mod bpf;
 pub mod build_info;
 pub mod episodes;
+#[cfg(test)]
+mod fixture_tree;
 pub mod knobs;
 pub mod meminfo;
 pub mod pressure;
@@ -25,7 +27,10 @@ use std::{
 
 use prometheus::proto::MetricFamily;
 
-use crate::metrics::{Kind, Text};
+use crate::{
+    host::Host,
+    metrics::{Kind, Text},
+};
 
 /// One source of metrics. Implement `collect` (families built with `metrics::Family`:
 /// simple, for a handful of series) or `write_text` (the text format written directly,
@@ -49,15 +54,11 @@ pub trait Collector: Send + Sync {
 }
 
 /// Registers the collectors of the kernel's own accounting (/proc and /sys) that the
-/// config enables, reading under `proc_root` and `sys_root` (tests point them at
+/// config enables, reading under the host's procfs and sysfs (tests point them at
 /// fixtures).
-pub fn register_proc(
-    registry: &mut Registry,
-    cfg: &crate::config::Config,
-    proc_root: &str,
-    sys_root: &str,
-) {
+pub fn register_proc(registry: &mut Registry, cfg: &crate::config::Config, host: &Arc<Host>) {
     let c = &cfg.collectors;
+    let proc_root = host.procfs();
     if c.meminfo {
         let e = registry.parse_errors("meminfo");
         registry.register(Box::new(meminfo::Meminfo::new(proc_root, e)));
@@ -76,13 +77,13 @@ pub fn register_proc(
     }
     if c.knobs {
         let e = registry.parse_errors("knobs");
-        registry.register(Box::new(knobs::Knobs::new(proc_root, sys_root, e)));
+        registry.register(Box::new(knobs::Knobs::new(proc_root, host.sysfs(), e)));
     }
     if c.processes {
         let smaps = registry.parse_errors("smaps_rollup");
         let stat = registry.parse_errors("pid_stat");
         registry.register(Box::new(processes::Processes::new(
-            proc_root,
+            host.clone(),
             cfg.processes.clone(),
             smaps,
             stat,
@@ -442,39 +443,7 @@ pub mod testutil {
         (out.len() == n).then_some(out)
     }
 
-    /// A temporary directory standing in for /proc or /sys, removed on drop.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new(name: &str) -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "memwatch-unit-{}-{name}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-
-        /// Writes `rel` (creating its folders).
-        pub fn write(&self, rel: &str, text: &str) {
-            let p = self.0.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub use crate::host::testing::TempDir;
 
     /// Every fixture of every kind: the seed corpus for mutations.
     fn corpus() -> Vec<String> {

@@ -12,8 +12,7 @@
 use std::{
     collections::HashMap,
     fs,
-    path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use super::{
@@ -22,109 +21,20 @@ use super::{
 };
 use crate::{
     config,
+    host::Host,
     metrics::{Kind, Text},
+    parse::{
+        in_cgroup,
+        pid::{parse_smaps_rollup, parse_stat},
+        CommPattern,
+    },
 };
-
-/// `*` matches any run of bytes (including none); every other byte matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and the text position it currently covers up to.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
-/// One smaps_rollup field: the kernel's name and the value in bytes (or a count when
-/// the kernel gives no unit).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SmapsField<'a> {
-    pub field: &'a str,
-    pub value: u64,
-    pub bytes: bool,
-}
-
-/// Parses /proc/PID/smaps_rollup (the first line, the `[rollup]` address range, is
-/// skipped); returns the fields and the malformed lines.
-pub fn parse_smaps_rollup(text: &str) -> (Vec<SmapsField<'_>>, Vec<&str>) {
-    let (entries, errors) = super::meminfo::parse(
-        // The header line's `00:00` device would look like a field.
-        text.split_once('\n')
-            .filter(|(first, _)| first.trim_end().ends_with("[rollup]"))
-            .map_or(text, |(_, rest)| rest),
-    );
-    let fields = entries
-        .into_iter()
-        .map(|e| SmapsField {
-            field: e.field,
-            value: e.value,
-            bytes: e.unit.is_some(),
-        })
-        .collect();
-    (fields, errors)
-}
-
-/// From /proc/PID/stat: the comm and the minor and major fault counts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stat<'a> {
-    pub comm: &'a str,
-    pub minflt: u64,
-    pub majflt: u64,
-}
-
-/// Parses /proc/PID/stat. The comm sits in parentheses and may itself contain spaces
-/// and parentheses, so the fields are counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat<'_>> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    if close < open {
-        return None;
-    }
-    let comm = &text[open + 1..close];
-    // After ") ": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt ...
-    let mut rest = text[close + 1..].split_ascii_whitespace();
-    let minflt = rest.nth(7)?.parse().ok()?;
-    let majflt = rest.nth(1)?.parse().ok()?;
-    Some(Stat {
-        comm,
-        minflt,
-        majflt,
-    })
-}
-
-/// Whether any line of /proc/PID/cgroup (`id:controllers:path`) is `want` or below it.
-pub fn in_cgroup(cgroup_file: &str, want: &str) -> bool {
-    let want = want.trim_end_matches('/');
-    cgroup_file.lines().any(|l| {
-        let Some(path) = l.splitn(3, ':').nth(2) else {
-            return false;
-        };
-        want.is_empty()
-            || path == want
-            || path
-                .strip_prefix(want)
-                .is_some_and(|rest| rest.starts_with('/'))
-    })
-}
 
 /// The watched-processes collector.
 pub struct Processes {
-    proc_root: PathBuf,
+    host: Arc<Host>,
     cfg: config::Processes,
+    comms: Vec<CommPattern>,
     smaps_errors: ParseErrors,
     stat_errors: ParseErrors,
     state: Mutex<State>,
@@ -148,13 +58,14 @@ struct Watched {
 
 impl Processes {
     pub fn new(
-        proc_root: impl AsRef<Path>,
+        host: Arc<Host>,
         cfg: config::Processes,
         smaps_errors: ParseErrors,
         stat_errors: ParseErrors,
     ) -> Self {
         Self {
-            proc_root: proc_root.as_ref().to_path_buf(),
+            host,
+            comms: cfg.comm.iter().map(CommPattern::new).collect(),
             cfg,
             smaps_errors,
             stat_errors,
@@ -168,7 +79,7 @@ impl Processes {
         if self.cfg.comm.is_empty() && self.cfg.cgroups.is_empty() {
             pids.extend(&self.cfg.pids);
         } else {
-            let Ok(dir) = fs::read_dir(&self.proc_root) else {
+            let Ok(dir) = fs::read_dir(self.host.procfs()) else {
                 return (Vec::new(), 0);
             };
             for entry in dir.flatten() {
@@ -192,15 +103,14 @@ impl Processes {
         if self.cfg.pids.contains(&pid) {
             return true;
         }
-        let base = self.proc_root.join(pid.to_string());
-        if !self.cfg.comm.is_empty() && buf.read(&base.join("comm")).is_ok() {
+        if !self.comms.is_empty() && buf.read(&self.host.pid_file(pid, "comm")).is_ok() {
             let text = buf.text();
             let comm = text.trim_end_matches('\n');
-            if self.cfg.comm.iter().any(|p| glob_match(p, comm)) {
+            if self.comms.iter().any(|p| p.matches(comm)) {
                 return true;
             }
         }
-        if !self.cfg.cgroups.is_empty() && buf.read(&base.join("cgroup")).is_ok() {
+        if !self.cfg.cgroups.is_empty() && buf.read(&self.host.pid_file(pid, "cgroup")).is_ok() {
             let text = buf.text();
             if self.cfg.cgroups.iter().any(|c| in_cgroup(&text, c)) {
                 return true;
@@ -211,7 +121,7 @@ impl Processes {
 
     /// Reads one process; `None` when it is gone or unreadable.
     fn read(&self, pid: u32, buf: &mut ReadBuf) -> Option<Watched> {
-        let base = self.proc_root.join(pid.to_string());
+        let base = self.host.procfs().join(pid.to_string());
         // stat first: it names the process; a process gone by now is skipped.
         buf.read(&base.join("stat")).ok()?;
         let text = buf.text();
@@ -357,21 +267,6 @@ mod tests {
     }
 
     #[test]
-    fn globs() {
-        assert!(glob_match("redis-server", "redis-server"));
-        assert!(!glob_match("redis-server", "redis-server2"));
-        assert!(glob_match("redis-rdb-*", "redis-rdb-bgsav"));
-        assert!(glob_match("redis-rdb-*", "redis-rdb-"));
-        assert!(!glob_match("redis-rdb-*", "redis-aof-rewri"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("*sql*", "postgresql"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
-        assert!(glob_match("**x", "yyx"));
-        assert!(!glob_match("", "x"));
-    }
-
-    #[test]
     fn fixtures_match_golden() {
         for (path, text) in testutil::fixtures("smaps_rollup") {
             let (fields, errors) = parse_smaps_rollup(&text);
@@ -405,18 +300,6 @@ mod tests {
         assert_eq!(parse_stat(") ("), None);
     }
 
-    #[test]
-    fn cgroup_membership() {
-        let file = "12:memory:/redis/a\n11:cpu:/\n0::/system.slice/redis.service\n";
-        assert!(in_cgroup(file, "/redis"));
-        assert!(in_cgroup(file, "/redis/"));
-        assert!(in_cgroup(file, "/redis/a"));
-        assert!(in_cgroup(file, "/system.slice/redis.service"));
-        assert!(!in_cgroup(file, "/red"));
-        assert!(!in_cgroup(file, "/system.slice/redis"));
-        assert!(in_cgroup(file, "/"));
-    }
-
     /// A fake /proc with three processes: two match (comm pattern, pid), one does not;
     /// a limit of one exports the lowest pid and counts the other.
     #[test]
@@ -437,12 +320,13 @@ mod tests {
             dir.write(&format!("{pid}/cgroup"), "0::/\n");
         }
         dir.write("self/comm", "memwatch\n");
+        let host = Arc::new(Host::new(dir.path(), dir.path()));
         let cfg = config::Processes {
             comm: vec!["redis-server".into(), "redis-rdb-*".into()],
             ..config::Processes::default()
         };
         let c = Processes::new(
-            dir.path(),
+            host.clone(),
             cfg,
             ParseErrors::default(),
             ParseErrors::default(),
@@ -469,7 +353,7 @@ mod tests {
             max_processes: 1,
         };
         let c = Processes::new(
-            dir.path(),
+            host.clone(),
             cfg,
             ParseErrors::default(),
             ParseErrors::default(),
@@ -489,7 +373,7 @@ mod tests {
             max_processes: 10,
         };
         let c = Processes::new(
-            dir.path(),
+            host.clone(),
             cfg,
             ParseErrors::default(),
             ParseErrors::default(),
@@ -504,7 +388,7 @@ mod tests {
             proptest::prop_assert!(fields.len() + errors.len() <= text.lines().count());
             let _ = parse_stat(&text);
             let _ = in_cgroup(&text, "/a");
-            let _ = glob_match(&pat, &text);
+            let _ = CommPattern::new(pat).matches(&text);
         }
     }
 }

@@ -13,46 +13,16 @@ use super::{
     procfs::{self, FieldFile, FieldLine},
     Collector, ParseErrors,
 };
-use crate::metrics::{Kind, Rendered, Text};
-
-/// One line of /proc/vmstat (or of a `key value` block of /proc/zoneinfo).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Field<'a> {
-    pub name: &'a str,
-    pub value: f64,
-}
-
-/// Parses `name value` where value is an integer (the kernel prints unsigned longs;
-/// a signed value is accepted for a drifting per-CPU sum).
-pub fn parse_kv(line: &str) -> Option<Field<'_>> {
-    let mut words = line.split_ascii_whitespace();
-    let name = words.next()?;
-    let value = parse_int(words.next()?)?;
-    if words.next().is_some() || !valid_name(name) {
-        return None;
-    }
-    Some(Field { name, value })
-}
-
-/// An integer as f64: u64, or i64 when negative.
-pub fn parse_int(s: &str) -> Option<f64> {
-    if let Ok(v) = s.parse::<u64>() {
-        return Some(v as f64);
-    }
-    s.parse::<i64>().ok().map(|v| v as f64)
-}
-
-/// A kernel field name we can turn into a metric name: ASCII, starts with a letter.
-pub fn valid_name(name: &str) -> bool {
-    name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
+use crate::{
+    metrics::{Kind, Rendered, Text},
+    parse::parse_kv,
+};
 
 /// Parses /proc/vmstat: the fields, and the malformed or repeated lines that were
 /// skipped. (The collector parses line by line; this is for tests.)
 #[cfg(test)]
-pub fn parse(text: &str) -> (Vec<Field<'_>>, Vec<&str>) {
-    let mut fields: Vec<Field> = Vec::with_capacity(256);
+pub fn parse(text: &str) -> (Vec<crate::parse::Field<'_>>, Vec<&str>) {
+    let mut fields: Vec<crate::parse::Field> = Vec::with_capacity(256);
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(256);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

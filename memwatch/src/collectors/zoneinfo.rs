@@ -16,253 +16,18 @@ use anyhow::Context as _;
 
 use super::{
     procfs::{self, ReadBuf},
-    vmstat::{parse_int, parse_kv, valid_name, Field},
     Collector, ParseErrors,
 };
-use crate::metrics::{Kind, Text};
-
-/// One zone of one node.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Zone<'a> {
-    pub node: &'a str,
-    pub zone: &'a str,
-    /// `pages free`.
-    pub free: Option<f64>,
-    /// The indented `key value` lines after `pages free`: `boost`, `min`, `low`,
-    /// `high`, `promo`, `spanned`, `present`, `managed`, `cma` (kernels differ).
-    pub header: Vec<Field<'a>>,
-    /// `protection: (a, b, ...)`, one entry per zone of the node.
-    pub protection: Vec<f64>,
-    /// The per-zone statistics (`nr_*`, `numa_*`).
-    pub stats: Vec<Field<'a>>,
-    /// `key: value` lines outside the pagesets: `node_unreclaimable`, `start_pfn`.
-    pub scalars: Vec<Field<'a>>,
-}
-
-/// The `per-node stats` block, printed inside the node's first populated zone.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NodeStats<'a> {
-    pub node: &'a str,
-    pub stats: Vec<Field<'a>>,
-}
-
-/// A parsed /proc/zoneinfo.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Parsed<'a> {
-    pub zones: Vec<Zone<'a>>,
-    pub nodes: Vec<NodeStats<'a>>,
-}
-
-impl Zone<'_> {
-    fn get(&self, key: &str) -> Option<f64> {
-        self.header.iter().find(|f| f.name == key).map(|f| f.value)
-    }
-
-    /// Free pages above the high watermark; negative when kswapd has work to do.
-    /// `None` for a zone without managed pages (an empty Movable or Device zone has a
-    /// watermark but nothing to allocate).
-    pub fn headroom(&self) -> Option<f64> {
-        if self.get("managed") == Some(0.0) {
-            return None;
-        }
-        Some(self.free? - self.get("high")?)
-    }
-}
+use crate::{
+    metrics::{Kind, Text},
+    parse::{
+        zoneinfo::{parse, NodeStats, Parsed, Zone},
+        Field,
+    },
+};
 
 /// The watermarks, exported as one family with a `watermark` label.
 const WATERMARKS: &[&str] = &["min", "low", "high", "promo"];
-
-/// `key:` names inside a `pagesets` block.
-const PAGESET_KEYS: &[&str] = &[
-    "cpu",
-    "count",
-    "high",
-    "batch",
-    "high_min",
-    "high_max",
-    "vm stats threshold",
-];
-
-#[derive(Clone, Copy, PartialEq)]
-enum Section {
-    /// Before any zone, or in a zone block that is skipped (repeated or malformed
-    /// header): lines are ignored until the next `Node` line.
-    Skip,
-    /// Right after `Node N, zone Z`.
-    ZoneStart,
-    NodeStats,
-    ZoneHeader,
-    ZoneStats,
-    Pagesets,
-}
-
-/// Parses /proc/zoneinfo; returns it and the lines that were skipped as malformed.
-pub fn parse(text: &str) -> (Parsed<'_>, Vec<&str>) {
-    let mut p = Parser {
-        zi: Parsed::default(),
-        errors: Vec::new(),
-        section: Section::Skip,
-        node_idx: None,
-    };
-    for line in text.lines() {
-        p.line(line);
-    }
-    (p.zi, p.errors)
-}
-
-/// The parse so far, and where in the file it is.
-struct Parser<'a> {
-    zi: Parsed<'a>,
-    errors: Vec<&'a str>,
-    section: Section,
-    /// Index of the current node in `zi.nodes` while in a per-node block.
-    node_idx: Option<usize>,
-}
-
-impl<'a> Parser<'a> {
-    fn line(&mut self, line: &'a str) {
-        let t = line.trim();
-        if t.is_empty() {
-            return;
-        }
-        if let Some(rest) = t.strip_prefix("Node ") {
-            self.zone_start(line, rest);
-        } else if self.section == Section::Skip {
-            // Lines of a skipped zone block, or text before the first zone: only the
-            // latter is malformed.
-            if self.zi.zones.is_empty() {
-                self.errors.push(line);
-            }
-        } else if !self.zone_line(line, t) {
-            self.field(line, t);
-        }
-    }
-
-    /// `Node N, zone Z`: a new zone block (a repeated one is skipped).
-    fn zone_start(&mut self, line: &'a str, rest: &'a str) {
-        self.section = Section::Skip;
-        match parse_zone_header(rest) {
-            Some((node, zone))
-                if !self
-                    .zi
-                    .zones
-                    .iter()
-                    .any(|z| z.node == node && z.zone == zone) =>
-            {
-                self.zi.zones.push(Zone {
-                    node,
-                    zone,
-                    ..Zone::default()
-                });
-                self.section = Section::ZoneStart;
-            }
-            _ => self.errors.push(line),
-        }
-    }
-
-    /// The lines that start a section or carry one of a zone's own fields; false for
-    /// the others (generic `name value` fields).
-    fn zone_line(&mut self, line: &'a str, t: &'a str) -> bool {
-        let zone = self.zi.zones.last_mut().expect("a zone once past Skip");
-        if t == "per-node stats" {
-            if self.zi.nodes.iter().any(|n| n.node == zone.node) {
-                self.errors.push(line);
-                self.section = Section::Skip;
-                return true;
-            }
-            self.zi.nodes.push(NodeStats {
-                node: zone.node,
-                stats: Vec::new(),
-            });
-            self.node_idx = Some(self.zi.nodes.len() - 1);
-            self.section = Section::NodeStats;
-        } else if let Some(rest) = t.strip_prefix("pages free") {
-            match parse_int(rest.trim()) {
-                Some(v) if zone.free.is_none() => zone.free = Some(v),
-                _ => self.errors.push(line),
-            }
-            self.section = Section::ZoneHeader;
-        } else if t == "pagesets" {
-            self.section = Section::Pagesets;
-        } else if let Some(rest) = t.strip_prefix("protection:") {
-            match parse_protection(rest) {
-                Some(p) if zone.protection.is_empty() => zone.protection = p,
-                _ => self.errors.push(line),
-            }
-            self.section = Section::ZoneStats;
-        } else if let Some((key, value)) = t.split_once(':') {
-            let key = key.trim();
-            if self.section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
-                return true;
-            }
-            match parse_int(value.trim()) {
-                Some(value) if valid_name(key) && !has(&zone.scalars, key) => {
-                    zone.scalars.push(Field { name: key, value })
-                }
-                _ => self.errors.push(line),
-            }
-        } else {
-            return false;
-        }
-        true
-    }
-
-    /// A `name value` field, into the list of the section it is in.
-    fn field(&mut self, line: &'a str, t: &'a str) {
-        let Some(field) = parse_kv(t) else {
-            self.errors.push(line);
-            return;
-        };
-        let zone = self.zi.zones.last_mut().expect("a zone once past Skip");
-        let list = match self.section {
-            Section::NodeStats => match self.node_idx {
-                Some(i) => &mut self.zi.nodes[i].stats,
-                None => {
-                    self.errors.push(line);
-                    return;
-                }
-            },
-            // Header keys are bare words; a statistic (older kernels print them before
-            // `protection:`) has an underscore.
-            Section::ZoneHeader if !field.name.contains('_') => &mut zone.header,
-            Section::ZoneStart => {
-                self.errors.push(line);
-                return;
-            }
-            _ => &mut zone.stats,
-        };
-        if has(list, field.name) {
-            self.errors.push(line);
-        } else {
-            list.push(field);
-        }
-    }
-}
-
-fn has(list: &[Field], name: &str) -> bool {
-    list.iter().any(|f| f.name == name)
-}
-
-/// `0, zone      DMA` → ("0", "DMA").
-fn parse_zone_header(rest: &str) -> Option<(&str, &str)> {
-    let (node, zone) = rest.split_once(',')?;
-    let node = node.trim();
-    let zone = zone.trim().strip_prefix("zone")?.trim();
-    if node.is_empty() || !node.bytes().all(|b| b.is_ascii_digit()) || !valid_name(zone) {
-        return None;
-    }
-    Some((node, zone))
-}
-
-/// ` (0, 3019, 8267)` → [0, 3019, 8267].
-fn parse_protection(rest: &str) -> Option<Vec<f64>> {
-    let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
-    inner
-        .split(',')
-        .map(|v| parse_int(v.trim()))
-        .collect::<Option<Vec<_>>>()
-        .filter(|v| v.len() <= 16)
-}
 
 /// The kinds of generic fields, each named its own way.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -557,7 +322,7 @@ impl Collector for Zoneinfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::testutil;
+    use crate::{collectors::testutil, parse::zoneinfo::has};
 
     fn rendered(text: &str) -> String {
         let (zi, _) = parse(text);

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{host::Host, parse};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HostContext {
     /// Kernel release, e.g. `6.1.0-26-amd64`.
@@ -21,56 +23,31 @@ pub struct HostContext {
     pub high_watermark_pages: u64,
 }
 
-/// The bracketed choice in a sysfs list such as `always [madvise] never`.
-pub fn bracketed(s: &str) -> String {
-    s.split_whitespace()
-        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
-        .unwrap_or("")
-        .to_string()
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn meminfo_bytes(text: &str, field: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Sums `pages free`, `low` and `high` over every zone of /proc/zoneinfo.
-pub fn zone_totals(text: &str) -> (u64, u64, u64) {
-    let (mut free, mut low, mut high) = (0, 0, 0);
-    for line in text.lines() {
-        let mut w = line.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some("pages"), Some("free"), Some(n)) => free += n.parse::<u64>().unwrap_or(0),
-            (Some("low"), Some(n), None) => low += n.parse::<u64>().unwrap_or(0),
-            (Some("high"), Some(n), None) => high += n.parse::<u64>().unwrap_or(0),
-            _ => {}
-        }
-    }
-    (free, low, high)
-}
-
 impl HostContext {
-    pub fn capture() -> Self {
-        let meminfo = read("/proc/meminfo");
+    /// Reads the context from the host's procfs and sysfs; a file that can't be read
+    /// leaves its fields empty (0, or -1 for overcommit).
+    pub fn capture(host: &Host) -> Self {
+        let proc = |rel: &str| host.read_proc(rel).unwrap_or_default();
+        let thp = |file: &str| {
+            let text = host
+                .read_sys(format!("kernel/mm/transparent_hugepage/{file}"))
+                .unwrap_or_default();
+            parse::selected_choice(&text).to_string()
+        };
+        let meminfo = proc("meminfo");
+        let bytes = |field| parse::meminfo::field_bytes(&meminfo, field).unwrap_or(0);
+        let zoneinfo = proc("zoneinfo");
         let (free_pages, low_watermark_pages, high_watermark_pages) =
-            zone_totals(&read("/proc/zoneinfo"));
+            parse::zoneinfo::parse(&zoneinfo).0.totals();
         Self {
-            kernel: crate::kernel_release(),
-            thp_enabled: bracketed(&read("/sys/kernel/mm/transparent_hugepage/enabled")),
-            thp_defrag: bracketed(&read("/sys/kernel/mm/transparent_hugepage/defrag")),
-            overcommit_memory: read("/proc/sys/vm/overcommit_memory")
-                .trim()
-                .parse()
-                .unwrap_or(-1),
-            swap_total_bytes: meminfo_bytes(&meminfo, "SwapTotal"),
-            swap_free_bytes: meminfo_bytes(&meminfo, "SwapFree"),
-            mem_available_bytes: meminfo_bytes(&meminfo, "MemAvailable"),
+            kernel: host.kernel_release().to_string(),
+            thp_enabled: thp("enabled"),
+            thp_defrag: thp("defrag"),
+            overcommit_memory: parse::parse_sysctl(&proc("sys/vm/overcommit_memory"))
+                .map_or(-1, |v| v as i64),
+            swap_total_bytes: bytes("SwapTotal"),
+            swap_free_bytes: bytes("SwapFree"),
+            mem_available_bytes: bytes("MemAvailable"),
             free_pages,
             low_watermark_pages,
             high_watermark_pages,
@@ -92,17 +69,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parsing() {
-        assert_eq!(bracketed("always [madvise] never\n"), "madvise");
-        assert_eq!(bracketed("[always] defer"), "always");
-        assert_eq!(bracketed(""), "");
-        let z = "Node 0, zone   Normal\n  pages free     1000\n        min      10\n        low      20\n        high     30\nNode 0, zone DMA\n  pages free 5\n        low 1\n        high 2\n";
-        assert_eq!(zone_totals(z), (1005, 21, 32));
+    fn kernel_versions() {
         let c = HostContext {
             kernel: "6.1.0-26-amd64".into(),
             ..Default::default()
         };
         assert_eq!(c.kernel_version(), (6, 1));
-        assert_eq!(meminfo_bytes("SwapTotal:  4 kB\n", "SwapTotal"), 4096);
+    }
+
+    #[test]
+    fn zone_totals() {
+        let z = "Node 0, zone   Normal\n  pages free     1000\n        min      10\n        low      20\n        high     30\nNode 0, zone DMA\n  pages free 5\n        low 1\n        high 2\n";
+        assert_eq!(crate::parse::zoneinfo::parse(z).0.totals(), (1005, 21, 32));
+        assert_eq!(
+            crate::parse::meminfo::field_bytes("SwapTotal:  4 kB\n", "SwapTotal"),
+            Some(4096)
+        );
     }
 }

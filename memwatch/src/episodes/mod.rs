@@ -10,13 +10,18 @@ pub mod verdict;
 use std::{
     collections::{HashMap, VecDeque},
     io::Write,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use memwatch_common::{fault, proc, Event, EVENT_EXIT, EVENT_FORK};
 use serde::{Deserialize, Serialize};
 
-use crate::{collectors::attribution::comm_str, config::Episodes as Config};
+use crate::{
+    config::Episodes as Config,
+    host::Host,
+    parse::{comm_str, in_cgroup, CommPattern},
+};
 use context::HostContext;
 
 /// Finished episodes kept for `/api/episodes` and `fork-report`.
@@ -81,47 +86,33 @@ impl Episode {
 
 /// Which processes' forks become episodes.
 pub struct Watch {
-    comms: Vec<String>,
+    comms: Vec<CommPattern>,
     pids: Vec<u32>,
     cgroups: Vec<String>,
-}
-
-/// `redis-*` style patterns: a trailing `*` matches any suffix.
-fn comm_matches(pattern: &str, comm: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => comm.starts_with(prefix),
-        None => pattern == comm,
-    }
 }
 
 impl Watch {
     pub fn new(cfg: &Config) -> Self {
         Self {
-            comms: cfg.watch_comms.clone(),
+            comms: cfg.watch_comms.iter().map(CommPattern::new).collect(),
             pids: cfg.watch_pids.clone(),
             cgroups: cfg.watch_cgroups.clone(),
         }
     }
 
-    /// The rule that makes `pid` (named `comm`) watched, if any.
-    pub fn matches(&self, pid: u32, comm: &str) -> Option<String> {
-        if let Some(p) = self.comms.iter().find(|p| comm_matches(p, comm)) {
+    /// The rule that makes `pid` (named `comm`) watched, if any; its cgroups are read
+    /// from the host's procfs.
+    pub fn matches(&self, host: &Host, pid: u32, comm: &str) -> Option<String> {
+        if let Some(p) = self.comms.iter().find(|p| p.matches(comm)) {
             return Some(format!("comm:{p}"));
         }
         if self.pids.contains(&pid) {
             return Some(format!("pid:{pid}"));
         }
         if !self.cgroups.is_empty() {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            for line in text.lines() {
-                let path = line.splitn(3, ':').nth(2).unwrap_or("");
-                if let Some(c) = self
-                    .cgroups
-                    .iter()
-                    .find(|c| path == c.as_str() || path.starts_with(&format!("{c}/")))
-                {
-                    return Some(format!("cgroup:{c}"));
-                }
+            let text = host.cgroup_file(pid).unwrap_or_default();
+            if let Some(c) = self.cgroups.iter().find(|c| in_cgroup(&text, c)) {
+                return Some(format!("cgroup:{c}"));
             }
         }
         None
@@ -134,6 +125,14 @@ pub type Counts = [u64; proc::COUNTERS];
 /// Reads a process's row of the per-process table.
 pub trait RowSource: Send {
     fn row(&self, tgid: u32) -> Option<Counts>;
+}
+
+/// Rows by tgid, for tests.
+#[cfg(test)]
+impl RowSource for HashMap<u32, Counts> {
+    fn row(&self, tgid: u32) -> Option<Counts> {
+        self.get(&tgid).copied()
+    }
 }
 
 /// How COW is counted on this kernel.
@@ -229,6 +228,7 @@ pub struct Stats {
 
 /// Tracks episodes; owned by the agent behind a mutex.
 pub struct Tracker {
+    host: Arc<Host>,
     watch: Watch,
     cow: CowSource,
     page_size: u64,
@@ -275,20 +275,15 @@ pub fn rfc3339(unix: f64) -> String {
     )
 }
 
-/// VmRSS and RssAnon of a process, bytes.
-fn rss(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+/// VmRSS and RssAnon of a process, bytes (0 when unknown).
+fn rss(host: &Host, pid: u32) -> (u64, u64) {
+    let text = host.status(pid).unwrap_or_default();
+    let field = |name| crate::parse::meminfo::field_bytes(&text, name).unwrap_or(0);
+    (field("VmRSS"), field("RssAnon"))
 }
 
 impl Tracker {
-    pub fn new(cfg: &Config, cow: CowSource) -> std::io::Result<Self> {
+    pub fn new(cfg: &Config, cow: CowSource, host: Arc<Host>) -> std::io::Result<Self> {
         let log: Option<Box<dyn Write + Send>> = match cfg.log.as_str() {
             "none" | "" => None,
             "stdout" => Some(Box::new(std::io::stdout())),
@@ -299,12 +294,11 @@ impl Tracker {
                     .open(path)?,
             )),
         };
-        // SAFETY: sysconf has no preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
         Ok(Self {
+            page_size: host.page_size(),
+            host,
             watch: Watch::new(cfg),
             cow,
-            page_size,
             active: HashMap::new(),
             finished: VecDeque::new(),
             next_id: 1,
@@ -329,7 +323,7 @@ impl Tracker {
 
     fn on_fork(&mut self, ev: &Event, rows: &dyn RowSource) {
         let comm = comm_str(&ev.comm);
-        let Some(watched) = self.watch.matches(ev.tgid, &comm) else {
+        let Some(watched) = self.watch.matches(&self.host, ev.tgid, &comm) else {
             return;
         };
         let now_unix = SystemTime::now()
@@ -339,7 +333,7 @@ impl Tracker {
         // The event's timestamp is the fork's return; back-date to its start.
         let lag = mono_ns().saturating_sub(ev.ts_ns) + ev.fork_ns;
         let started = now_unix - lag as f64 * 1e-9;
-        let (rss_bytes, anon) = rss(ev.tgid);
+        let (rss_bytes, anon) = rss(&self.host, ev.tgid);
         let start = rows.row(ev.tgid).unwrap_or([0; proc::COUNTERS]);
         let episode = Episode {
             id: self.next_id,
@@ -355,7 +349,7 @@ impl Tracker {
             parent_rss_bytes: rss_bytes,
             parent_anon_bytes: anon,
             cow_source: self.cow.name().into(),
-            host: HostContext::capture(),
+            host: HostContext::capture(&self.host),
             ..Default::default()
         };
         self.next_id += 1;
@@ -399,7 +393,7 @@ impl Tracker {
             a.episode.parent_cow_pages = cow.saturating_sub(self.cow.pages(&a.start));
             a.episode.parent_cow_bytes = a.episode.parent_cow_pages * self.page_size;
             a.episode.child_lifetime_seconds = (now - a.start_mono_ns) as f64 * 1e-9;
-            if !std::path::Path::new(&format!("/proc/{child}")).exists() {
+            if !self.host.is_alive(*child) {
                 gone.push(*child);
             }
         }
@@ -500,28 +494,40 @@ mod tests {
 
     #[test]
     fn watch_rules() {
-        let w = Watch {
-            comms: vec!["redis-server".into(), "postgres*".into()],
-            pids: vec![7],
-            cgroups: vec![],
-        };
-        assert_eq!(
-            w.matches(1, "redis-server").as_deref(),
-            Some("comm:redis-server")
+        let dir = crate::host::testing::TempDir::new("watch");
+        dir.write(
+            "5/cgroup",
+            "4:memory:/redis/a\n0::/system.slice/x.service\n",
         );
+        dir.write("6/cgroup", "0::/redis2\n");
+        let host = Host::new(dir.path(), dir.path());
+        let w = Watch::new(&Config {
+            watch_comms: vec!["redis-server".into(), "postgres*".into(), "*-rdb-*".into()],
+            watch_pids: vec![7],
+            watch_cgroups: vec!["/redis".into(), "/system.slice/".into()],
+            ..Default::default()
+        });
+        let m = |pid, comm| w.matches(&host, pid, comm);
+        assert_eq!(m(1, "redis-server").as_deref(), Some("comm:redis-server"));
+        assert_eq!(m(1, "postgres: wal").as_deref(), Some("comm:postgres*"));
+        // The full glob of [processes] comm patterns.
+        assert_eq!(m(1, "redis-rdb-bgsav").as_deref(), Some("comm:*-rdb-*"));
+        assert_eq!(m(7, "x").as_deref(), Some("pid:7"));
+        assert_eq!(m(8, "redis-aof-rewri"), None);
+        // Cgroups: the path or below it, in any hierarchy's line; read under the host's
+        // procfs (pid 5 and 6 exist only in the fixture).
+        assert_eq!(m(5, "x").as_deref(), Some("cgroup:/redis"));
+        assert_eq!(m(6, "x"), None);
+        assert_eq!(m(9, "x"), None);
+        let w = Watch::new(&Config {
+            watch_comms: vec![],
+            watch_cgroups: vec!["/system.slice/".into()],
+            ..Default::default()
+        });
         assert_eq!(
-            w.matches(1, "postgres: wal").as_deref(),
-            Some("comm:postgres*")
+            w.matches(&host, 5, "x").as_deref(),
+            Some("cgroup:/system.slice/")
         );
-        assert_eq!(w.matches(7, "x").as_deref(), Some("pid:7"));
-        assert_eq!(w.matches(8, "redis-rdb-bgsave"), None);
-    }
-
-    struct Rows(HashMap<u32, Counts>);
-    impl RowSource for Rows {
-        fn row(&self, tgid: u32) -> Option<Counts> {
-            self.0.get(&tgid).copied()
-        }
     }
 
     #[test]
@@ -531,13 +537,13 @@ mod tests {
             log: "none".into(),
             ..Default::default()
         };
-        let mut t = Tracker::new(&cfg, CowSource::Copies).unwrap();
+        let mut t = Tracker::new(&cfg, CowSource::Copies, Arc::new(Host::local())).unwrap();
         let mut comm = [0u8; 16];
         comm[..12].copy_from_slice(b"redis-server");
-        let mut rows = Rows(HashMap::new());
+        let mut rows = HashMap::new();
         let mut start = [0u64; proc::COUNTERS];
         start[proc::COW_COPIES] = 10;
-        rows.0.insert(100, start);
+        rows.insert(100, start);
         let now = mono_ns();
         t.on_event(
             &Event {
@@ -556,10 +562,10 @@ mod tests {
         let mut end = start;
         end[proc::COW_COPIES] = 1010;
         end[proc::DIRECT_RECLAIM_NS] = 300_000_000;
-        rows.0.insert(100, end);
+        rows.insert(100, end);
         let mut child = [0u64; proc::COUNTERS];
         child[proc::COW_COPIES] = 5;
-        rows.0.insert(200, child);
+        rows.insert(200, child);
         t.on_event(
             &Event {
                 kind: EVENT_EXIT,

@@ -16,12 +16,10 @@ pub mod writeback;
 #[cfg(test)]
 mod object_tests;
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::{config::Config, tracefs::Tracefs};
+use crate::{config::Config, host::Host, tracefs::Tracefs};
 pub use loader::{attach_all, HookOutcome};
 
 /// The eBPF object built from `memwatch-ebpf` by build.rs.
@@ -138,7 +136,7 @@ impl KernelSupport {
 
 impl KernelSupport {
     /// Probes the running kernel. Mounts tracefs when it is missing and it can.
-    pub fn probe() -> Self {
+    pub fn probe(host: &Host) -> Self {
         let tracefs = match Tracefs::find_or_mount() {
             Ok((t, mounted)) => {
                 if mounted {
@@ -150,7 +148,7 @@ impl KernelSupport {
         };
         let btf = Btf::from_sys_fs()
             .map_err(|e| format!("no kernel BTF at /sys/kernel/btf/vmlinux ({e})"));
-        let kprobes = kprobe_support(tracefs.as_ref().ok());
+        let kprobes = kprobe_support(host, tracefs.as_ref().ok());
         Self {
             tracefs,
             btf,
@@ -161,8 +159,8 @@ impl KernelSupport {
 }
 
 /// kprobes attach through the kprobe PMU or, on old kernels, tracefs' kprobe_events.
-fn kprobe_support(tracefs: Option<&Tracefs>) -> Result<(), String> {
-    let pmu = Path::new("/sys/bus/event_source/devices/kprobe/type");
+fn kprobe_support(host: &Host, tracefs: Option<&Tracefs>) -> Result<(), String> {
+    let pmu = host.sys("bus/event_source/devices/kprobe/type");
     let legacy = tracefs.map(|t| t.root().join("kprobe_events"));
     if pmu.exists() || legacy.as_ref().is_some_and(|p| p.exists()) {
         Ok(())
@@ -216,8 +214,8 @@ pub fn resolve_tracepoint(
 
 /// The kernel's HZ: from its config where readable, else measured from the jiffies
 /// counter in /proc/timer_list over 60 ms, else 250 (Debian's default).
-pub fn kernel_hz() -> u64 {
-    let release = crate::kernel_release();
+pub fn kernel_hz(host: &Host) -> u64 {
+    let release = host.kernel_release();
     if let Ok(cfg) = std::fs::read_to_string(format!("/boot/config-{release}")) {
         if let Some(hz) = cfg
             .lines()
@@ -228,7 +226,7 @@ pub fn kernel_hz() -> u64 {
         }
     }
     let jiffies = || -> Option<u64> {
-        let t = std::fs::read_to_string("/proc/timer_list").ok()?;
+        let t = host.read_proc("timer_list").ok()?;
         t.lines()
             .find_map(|l| l.strip_prefix("jiffies:"))
             .and_then(|v| v.trim().parse().ok())
@@ -287,9 +285,9 @@ fn tracepoint_offsets(support: &KernelSupport) -> Offsets {
 
 /// Loads the object (maps created, no program loaded yet) with the tracepoint offsets
 /// of this kernel and the configured table sizes.
-pub fn load_object(support: &KernelSupport, cfg: &Config) -> anyhow::Result<Ebpf> {
+pub fn load_object(support: &KernelSupport, cfg: &Config, host: &Host) -> anyhow::Result<Ebpf> {
     let offsets = tracepoint_offsets(support);
-    let ns_per_jiffy: u64 = 1_000_000_000 / kernel_hz();
+    let ns_per_jiffy: u64 = 1_000_000_000 / kernel_hz(host);
     let mut loader = EbpfLoader::new();
     for (global, offset) in &offsets {
         log::debug!("{global} = {offset}");
