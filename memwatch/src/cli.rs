@@ -117,10 +117,7 @@ pub struct ConfigArgs {
 
 /// The config file (or the defaults) with command-line overrides applied.
 pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| Fatal::Usage(e.to_string()))?,
-        None => Config::default(),
-    };
+    let mut cfg = load_file(args.config.as_deref())?;
     if let Some(a) = &args.listen_address {
         cfg.web.listen_address = a.clone();
     }
@@ -134,6 +131,17 @@ pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
         cfg.log.level = l;
     }
     cfg.validate().map_err(|e| Fatal::Usage(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// A config file (or the defaults, for None), checked: what parses but can't work,
+/// and hook names the probe table does not know.
+pub fn load_file(path: Option<&std::path::Path>) -> Result<Config, Fatal> {
+    let cfg = match path {
+        Some(path) => Config::load(path).map_err(|e| Fatal::Usage(e.to_string()))?,
+        None => Config::default(),
+    };
+    crate::probes::table::check_selection(&cfg.probes).map_err(Fatal::Usage)?;
     Ok(cfg)
 }
 
@@ -205,7 +213,7 @@ fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> Str
 /// `memwatch config`: print the defaults or check a file.
 pub fn config_cmd(args: ConfigArgs) -> Result<(), Fatal> {
     if let Some(path) = args.check {
-        Config::load(&path).map_err(|e| Fatal::Usage(e.to_string()))?;
+        load_file(Some(&path))?;
         println!("{}: ok", path.display());
         return Ok(());
     }

@@ -202,6 +202,7 @@ pub async fn start_probes(
         hooks,
         cfg.tables.process_top_n,
         cfg.tables.process_max_entries,
+        host.clone(),
     ) {
         Ok(c) => {
             if forks {

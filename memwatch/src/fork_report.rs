@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{init_logging, ForkReportArgs},
     collectors::Registry,
-    config::{Config, LogLevel},
+    config::LogLevel,
     daemon, episodes, server, Fatal,
 };
 
@@ -104,10 +104,7 @@ fn from_daemon(
 /// Attaches probes of its own (the config's watch list plus `--comm`/`--pid`) and
 /// prints episodes as they finish: the next one, or all with `--follow`.
 fn with_own_probes(args: &ForkReportArgs) -> Result<(), Fatal> {
-    let mut cfg = match &args.config {
-        Some(p) => Config::load(p).map_err(|e| Fatal::Usage(e.to_string()))?,
-        None => Config::default(),
-    };
+    let mut cfg = crate::cli::load_file(args.config.as_deref())?;
     // The report goes to stdout; the episode log would repeat it.
     cfg.episodes.log = "none".into();
     if let Some(c) = &args.comm {

@@ -20,7 +20,6 @@ pub struct Host {
     sysfs: PathBuf,
     kernel_release: String,
     page_size: u64,
-    #[cfg_attr(not(test), allow(dead_code))]
     nodes: Vec<usize>,
     hierarchy: Hierarchy,
 }
@@ -98,17 +97,12 @@ impl Host {
     }
 
     /// The NUMA nodes that have memory, ascending.
-    // Read by bpf.rs once the lead switches it from its own /sys and /proc reads to the
-    // Host (issue 12); until then only tests use it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn nodes(&self) -> &[usize] {
         &self.nodes
     }
 
     /// The cgroup hierarchy of the memory controller.
-    // Read by bpf.rs once the lead switches it from its own /sys and /proc reads to the
-    // Host (issue 12); until then only tests use it.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.hierarchy
     }
@@ -124,9 +118,6 @@ impl Host {
     }
 
     /// The comm of `pid` (its /proc/PID/comm without the newline), if it is alive.
-    // Read by bpf.rs once the lead switches it from its own /sys and /proc reads to the
-    // Host (issue 12); until then only tests use it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn comm(&self, pid: u32) -> Option<String> {
         let text = std::fs::read_to_string(self.pid_file(pid, "comm")).ok()?;
         Some(text.trim_end_matches('\n').to_string())

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use memwatch_common::{proc, ProcRow};
 
+use crate::parse::comm_str;
+
 /// A process row as read from the kernel.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -28,9 +30,6 @@ impl Row {
     }
 }
 
-/// Kept here for bpf.rs until it takes them from `parse` (issue 12).
-pub use crate::parse::comm_str;
-
 /// Indices of the `n` items with the largest `score`, largest first, ties in `tie`'s
 /// order (processes by tgid, cgroups by path); items scoring zero are left out unless
 /// `keep_zero`. What the rest add up to goes in an `other` row.
@@ -52,22 +51,6 @@ pub fn top_n<T>(
     });
     idx.truncate(n);
     idx
-}
-
-/// bpf.rs's memory-cgroup lookup, read from the real /proc as before, until bpf.rs is
-/// handed the `Host` (issue 12: the lead switches it over). New code uses
-/// `Host::cgroup_of`, which honours `--path.procfs`.
-pub struct Hierarchy(crate::host::Host);
-
-impl Hierarchy {
-    pub fn detect() -> Self {
-        Self(crate::host::Host::local())
-    }
-
-    /// The cgroup path of `pid` in the memory controller's hierarchy, if it is alive.
-    pub fn cgroup_of(&self, pid: u32) -> Option<String> {
-        self.0.cgroup_of(pid)
-    }
 }
 
 /// Per-cgroup counters accumulated from per-process deltas, so they only grow.

@@ -269,6 +269,17 @@ pub const fn tp(
     }
 }
 
+/// Checks that every name in the config's `probes.hooks` is a hook or a family.
+pub fn check_selection(probes: &crate::config::Probes) -> Result<(), String> {
+    let known = |h: &String| HOOKS.iter().any(|k| k.name() == h || k.family() == h);
+    match probes.hooks.iter().find(|h| !known(h)) {
+        Some(bad) => Err(format!(
+            "probes.hooks: no hook or family named {bad:?} (see `memwatch probes`)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Every hook memwatch knows, in attach order (a `Shared` rung names an earlier hook).
 pub const HOOKS: &[Hook] = &concat::<{ count(AREAS) }>(AREAS);
 
@@ -300,6 +311,17 @@ const fn concat<const N: usize>(areas: &[&Area]) -> [Hook; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selection_names_hooks_or_families() {
+        let probes = |hooks: &[&str]| crate::config::Probes {
+            hooks: hooks.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(check_selection(&probes(&["cow", "page_fault"])).is_ok());
+        let err = check_selection(&probes(&["cow", "nope"])).unwrap_err();
+        assert!(err.contains("\"nope\""), "{err}");
+    }
 
     #[test]
     fn table_is_consistent() {

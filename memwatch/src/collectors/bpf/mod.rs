@@ -1,14 +1,13 @@
 //! The eBPF programs' counters, read from their maps at scrape time: read the maps
 //! (`read`), age the process rows (`age`), render what the attached hooks feed
-//! (`render`, from the probe areas' catalogue). What the collector asks the running
-//! system (names, liveness, cgroups, nodes) is in `system`.
+//! (`render`, from the probe areas' catalogue). What it asks the running system
+//! (names, liveness, cgroups, nodes, the page size) goes through the `Host`.
 
 mod age;
 #[cfg(test)]
 mod golden_tests;
 mod read;
 mod render;
-mod system;
 
 use std::{
     sync::{Arc, Mutex},
@@ -18,9 +17,9 @@ use std::{
 use aya::Ebpf;
 use prometheus::proto::MetricFamily;
 
-use super::{attribution::Hierarchy, Collector};
+use super::Collector;
 pub use crate::probes::catalogue::Attached;
-use crate::probes::catalogue::Counters;
+use crate::{host::Host, probes::catalogue::Counters};
 use age::Liveness;
 use read::{Maps, ProcTable};
 use render::Snapshot;
@@ -30,10 +29,9 @@ pub struct Bpf {
     maps: Maps,
     procs: Arc<Mutex<ProcTable>>,
     attached: Attached,
-    hierarchy: Hierarchy,
+    host: Arc<Host>,
     top_n: usize,
     max_entries: u32,
-    page_size: u64,
     liveness: Mutex<Liveness>,
 }
 
@@ -43,15 +41,15 @@ impl Bpf {
         attached: Attached,
         top_n: usize,
         max_entries: u32,
+        host: Arc<Host>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             maps: Maps::take(ebpf)?,
             procs: Arc::new(Mutex::new(ProcTable::take(ebpf)?)),
             attached,
-            hierarchy: system::hierarchy(),
+            host,
             top_n,
             max_entries,
-            page_size: system::page_size(),
             liveness: Mutex::new(Liveness::default()),
         })
     }
@@ -69,7 +67,12 @@ impl Bpf {
         let (rows, totals, inconsistent) = {
             let mut table = self.procs.lock().expect("procs lock");
             let (rows, totals) = table.read()?;
-            let rows = live.age(rows, Instant::now(), system::alive, |t| table.remove(t));
+            let rows = live.age(
+                rows,
+                Instant::now(),
+                |t| self.host.is_alive(t),
+                |t| table.remove(t),
+            );
             (rows, totals, table.inconsistent())
         };
         let mut globals = self.maps.globals()?;
@@ -81,18 +84,16 @@ impl Bpf {
         let devices = self.maps.devices()?;
         let node_vals = self.maps.node_vals()?;
         let stats = self.maps.stats()?;
-        let hierarchy = &self.hierarchy;
-        live.cgroups
-            .update(&rows, |pid| system::cgroup_of(hierarchy, pid));
+        live.cgroups.update(&rows, |pid| self.host.cgroup_of(pid));
         let mut s = Snapshot {
             rows,
             cgroups: live.cgroups.totals.clone(),
             counters: Counters {
                 globals,
-                nodes: system::online_nodes(),
+                nodes: self.host.nodes().to_vec(),
                 node_vals,
                 devices,
-                page_size: self.page_size,
+                page_size: self.host.page_size(),
             },
             hists,
             keyed,
@@ -104,7 +105,7 @@ impl Bpf {
         // Only the names of the processes shown are looked up; a live process's
         // current name wins over the one the kernel kept.
         for i in render::shown(&s.rows, &self.attached, self.top_n) {
-            if let Some(c) = system::comm_of(s.rows[i].tgid) {
+            if let Some(c) = self.host.comm(s.rows[i].tgid) {
                 s.rows[i].comm = c;
             }
         }

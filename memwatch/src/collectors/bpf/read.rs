@@ -12,7 +12,8 @@ use memwatch_common::{global, hist, node, proc, stat, DevKey, HistKey, ProcCache
 
 use super::render::{KeyedCounts, KeyedId, Stats};
 use crate::{
-    collectors::attribution::{comm_str, Row},
+    collectors::attribution::Row,
+    parse::comm_str,
     probes::{catalogue::Device, maps},
 };
 
