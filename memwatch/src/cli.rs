@@ -1,18 +1,19 @@
 //! The command line: the subcommands and their options, the config they load, and the
 //! small commands (`probes`, `config`) that need no daemon.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{self, Config, LogLevel, ProbeMode},
+    daemon::{self, init_logging, Fatal},
+    host::Host,
     probes::{
         loader::{on_functions, Attempt},
         table::Mode,
         HookOutcome,
     },
-    Fatal,
 };
 
 #[derive(Parser)]
@@ -42,29 +43,7 @@ pub enum Command {
     Config(ConfigArgs),
     /// Report fork episodes (fork to child exit) of watched processes, with a
     /// verdict: from the running daemon, or with probes of its own when none runs.
-    ForkReport(ForkReportArgs),
-}
-
-#[derive(Args)]
-pub struct ForkReportArgs {
-    /// Only episodes of processes with this command name.
-    #[arg(long)]
-    pub comm: Option<String>,
-    /// Only episodes of this parent pid.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Keep printing episodes as they finish.
-    #[arg(long)]
-    pub follow: bool,
-    /// One JSON object per episode (the daemon's log format) instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// The daemon to ask.
-    #[arg(long, default_value = "http://127.0.0.1:9847")]
-    pub url: String,
-    /// Config for probes of its own (watch list) when no daemon answers.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    ForkReport(crate::fork_report::ForkReportArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -117,7 +96,7 @@ pub struct ConfigArgs {
 
 /// The config file (or the defaults) with command-line overrides applied.
 pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
-    let mut cfg = load_file(args.config.as_deref())?;
+    let mut cfg = daemon::load_file(args.config.as_deref())?;
     if let Some(a) = &args.listen_address {
         cfg.web.listen_address = a.clone();
     }
@@ -134,23 +113,11 @@ pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
     Ok(cfg)
 }
 
-/// A config file (or the defaults, for None), checked: what parses but can't work,
-/// and hook names the probe table does not know.
-pub fn load_file(path: Option<&std::path::Path>) -> Result<Config, Fatal> {
-    let cfg = match path {
-        Some(path) => Config::load(path).map_err(|e| Fatal::Usage(e.to_string()))?,
-        None => Config::default(),
-    };
-    crate::probes::table::check_selection(&cfg.probes).map_err(Fatal::Usage)?;
-    Ok(cfg)
-}
-
-pub fn init_logging(level: LogLevel) {
-    env_logger::Builder::new()
-        .filter_level(level.filter())
-        .parse_default_env()
-        .format_timestamp_millis()
-        .init();
+/// `memwatch run`: the config with the command line's overrides, then the daemon.
+pub fn run(args: RunArgs) -> Result<(), Fatal> {
+    let cfg = load_config(&args)?;
+    init_logging(cfg.log.level);
+    daemon::run(cfg, Arc::new(Host::new(&args.procfs, &args.sysfs)))
 }
 
 /// `memwatch probes`: walk every rung of every hook and print what works here.
@@ -161,8 +128,8 @@ pub fn probes_cmd(args: ProbesArgs) -> Result<(), Fatal> {
         ..Default::default()
     })?;
     init_logging(args.log_level);
-    let host = crate::host::Host::local();
-    let attached = crate::daemon::attach_probes(&cfg, &host, true)?;
+    let host = Host::local();
+    let attached = daemon::attach_probes(&cfg, &host, true)?;
     print!(
         "{}",
         render_probes(&attached.outcomes, host.kernel_release(), cfg.probes.mode)
@@ -213,7 +180,7 @@ fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> Str
 /// `memwatch config`: print the defaults or check a file.
 pub fn config_cmd(args: ConfigArgs) -> Result<(), Fatal> {
     if let Some(path) = args.check {
-        load_file(Some(&path))?;
+        daemon::load_file(Some(&path))?;
         println!("{}: ok", path.display());
         return Ok(());
     }

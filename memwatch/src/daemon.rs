@@ -6,14 +6,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 
 use crate::{
-    cli::{init_logging, load_config, RunArgs},
     collectors::{self, Registry},
     config::{self, Config},
     episodes,
     host::Host,
     notify, privileges,
     probes::{self, HookOutcome, KernelSupport},
-    server, Fatal,
+    server,
 };
 
 /// Everything the probes produced: the object (programs stay attached while it lives)
@@ -30,12 +29,45 @@ pub struct Running {
     pub tracker: Option<Arc<Mutex<episodes::Tracker>>>,
 }
 
-/// The start-up sequence: config, logging, the listener (a port in use is reported
-/// before any probe attaches), the /proc collectors, the probes, dropping the
-/// capabilities no longer needed, READY to systemd, then serving until SIGTERM.
-pub fn run(args: RunArgs) -> Result<(), Fatal> {
-    let cfg = load_config(&args)?;
-    init_logging(cfg.log.level);
+/// Why memwatch stops.
+pub enum Fatal {
+    /// Can't start (exit 2): the message says what to change.
+    Usage(String),
+    /// Failed while running (exit 1).
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Fatal {
+    fn from(e: anyhow::Error) -> Self {
+        Fatal::Runtime(e)
+    }
+}
+
+/// A config file (or the defaults, for None), checked: what parses but can't work,
+/// and hook names the probe table does not know.
+pub fn load_file(path: Option<&std::path::Path>) -> Result<Config, Fatal> {
+    let cfg = match path {
+        Some(path) => Config::load(path).map_err(|e| Fatal::Usage(e.to_string()))?,
+        None => Config::default(),
+    };
+    probes::table::check_selection(&cfg.probes)
+        .map_err(|e| Fatal::Usage(config::ConfigError::Invalid(e).to_string()))?;
+    Ok(cfg)
+}
+
+pub fn init_logging(level: config::LogLevel) {
+    env_logger::Builder::new()
+        .filter_level(level.filter())
+        .parse_default_env()
+        .format_timestamp_millis()
+        .init();
+}
+
+/// The start-up sequence, once the config is loaded and logging set up: the listener
+/// (a port in use is reported before any probe attaches), the /proc collectors, the
+/// probes, dropping the capabilities no longer needed, READY to systemd, then serving
+/// until SIGTERM.
+pub fn run(cfg: Config, host: Arc<Host>) -> Result<(), Fatal> {
     let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(Fatal::Usage)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,7 +80,6 @@ pub fn run(args: RunArgs) -> Result<(), Fatal> {
                 "cannot listen on {addr} ({e}): pick another --web.listen-address"
             ))
         })?;
-        let host = Arc::new(Host::new(&args.procfs, &args.sysfs));
         let mut registry = Registry::default();
         registry.register(Box::new(collectors::build_info::BuildInfo::new(&host)));
         collectors::register_proc(&mut registry, &cfg, &host);

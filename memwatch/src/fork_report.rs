@@ -1,16 +1,41 @@
 //! `memwatch fork-report`: fork episodes from the running daemon's `/api/episodes`,
 //! or, when no daemon answers, from probes of its own.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 
+use clap::Args;
+
 use crate::{
-    cli::{init_logging, ForkReportArgs},
     collectors::Registry,
     config::LogLevel,
-    daemon, episodes, server, Fatal,
+    daemon::{self, init_logging, Fatal},
+    episodes, server,
 };
+
+/// The options of `memwatch fork-report`.
+#[derive(Args)]
+pub struct ForkReportArgs {
+    /// Only episodes of processes with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only episodes of this parent pid.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Keep printing episodes as they finish.
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per episode (the daemon's log format) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon to ask.
+    #[arg(long, default_value = "http://127.0.0.1:9847")]
+    pub url: String,
+    /// Config for probes of its own (watch list) when no daemon answers.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
 
 pub fn fork_report(args: ForkReportArgs) -> Result<(), Fatal> {
     let mut query = Vec::new();
@@ -104,7 +129,7 @@ fn from_daemon(
 /// Attaches probes of its own (the config's watch list plus `--comm`/`--pid`) and
 /// prints episodes as they finish: the next one, or all with `--follow`.
 fn with_own_probes(args: &ForkReportArgs) -> Result<(), Fatal> {
-    let mut cfg = crate::cli::load_file(args.config.as_deref())?;
+    let mut cfg = daemon::load_file(args.config.as_deref())?;
     // The report goes to stdout; the episode log would repeat it.
     cfg.episodes.log = "none".into();
     if let Some(c) = &args.comm {

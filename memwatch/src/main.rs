@@ -23,7 +23,10 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    daemon::Fatal,
+};
 
 /// Exit code for "can't start": bad usage, bad config, missing privileges.
 const EXIT_USAGE: u8 = 2;
@@ -31,8 +34,8 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => daemon::run(cli.run),
-        Some(Command::Run(args)) => daemon::run(args),
+        None => cli::run(cli.run),
+        Some(Command::Run(args)) => cli::run(args),
         Some(Command::Probes(args)) => cli::probes_cmd(args),
         Some(Command::Config(args)) => cli::config_cmd(args),
         Some(Command::ForkReport(args)) => fork_report::fork_report(args),
@@ -47,19 +50,5 @@ fn main() -> ExitCode {
             eprintln!("memwatch: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Why memwatch stops.
-pub enum Fatal {
-    /// Can't start (exit 2): the message says what to change.
-    Usage(String),
-    /// Failed while running (exit 1).
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Fatal {
-    fn from(e: anyhow::Error) -> Self {
-        Fatal::Runtime(e)
     }
 }
