@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// The fake machine: pid 4242 is `fixture-srv` in cgroup /fixture/a.
-fn tree() -> (testutil::TempDir, testutil::TempDir) {
+pub(super) fn tree() -> (testutil::TempDir, testutil::TempDir) {
     let p = testutil::TempDir::new("tree-proc");
     let s = testutil::TempDir::new("tree-sys");
     p.write("sys/kernel/osrelease", "9.9.9-fixture\n");

@@ -14,6 +14,8 @@ pub mod pressure;
 pub mod probes;
 pub mod processes;
 pub mod procfs;
+#[cfg(test)]
+mod scrape_names_tests;
 pub mod vmstat;
 pub mod zoneinfo;
 
@@ -406,7 +408,7 @@ pub mod testutil {
     }
 
     /// `a="x",b="y\"z"` into sorted pairs; `None` when malformed or a name repeats.
-    fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
+    pub fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
         let mut out = Vec::new();
         let mut rest = s;
         while !rest.is_empty() {

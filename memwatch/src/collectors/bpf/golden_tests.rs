@@ -91,6 +91,12 @@ fn attached(pick: impl Fn(&[Mode]) -> Option<Mode>) -> Attached {
         .collect()
 }
 
+/// What a scrape renders with every hook on its best rung (for the whole scrape's
+/// golden, `collectors::scrape_names_tests`).
+pub(in crate::collectors) fn families_on_best_rungs() -> Vec<prometheus::proto::MetricFamily> {
+    render(&snapshot(), &attached(|m| m.first().copied()), 2)
+}
+
 /// The (family, label names, help) lines of a render, sorted.
 fn names(att: &Attached) -> String {
     let mut lines = BTreeSet::new();

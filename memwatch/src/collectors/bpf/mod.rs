@@ -5,7 +5,7 @@
 
 mod age;
 #[cfg(test)]
-mod golden_tests;
+pub(super) mod golden_tests;
 mod read;
 mod render;
 
