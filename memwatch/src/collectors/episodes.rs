@@ -7,7 +7,7 @@ use prometheus::proto::MetricFamily;
 
 use super::Collector;
 use crate::{
-    episodes::{Hist, Tracker},
+    episodes::{Episode, Hist, Tracker},
     metrics::Family,
 };
 
@@ -81,43 +81,52 @@ impl Collector for Episodes {
                 &[("comm", comm), ("cause", "dirty_throttle")],
                 &st.throttle_seconds,
             );
-            let e = &st.last;
-            let ratio = if e.parent_rss_bytes > 0 {
-                e.cow_bytes() as f64 / e.parent_rss_bytes as f64
-            } else {
-                0.0
-            };
-            for (what, v) in [
-                ("fork_seconds", e.fork_latency_seconds),
-                ("cow_bytes", e.cow_bytes() as f64),
-                ("cow_ratio", ratio),
-                ("child_lifetime_seconds", e.child_lifetime_seconds),
-                ("reclaim_stall_seconds", e.reclaim_stall_seconds),
-                ("dirty_throttle_seconds", e.dirty_throttle_seconds),
-                ("parent_rss_bytes", e.parent_rss_bytes as f64),
-            ] {
+            for (what, v) in last_figures(&st.last) {
                 last.sample(&[("comm", comm), ("figure", what)], v);
             }
-            last_time.sample(&c, e.started_unix_seconds);
+            last_time.sample(&c, st.last.started_unix_seconds);
         }
-        let mut active = Family::gauge(
-            "memwatch_fork_episode_active_cow_bytes",
-            "COW bytes the parent has copied so far in a running episode (sampled every \
-             100 ms).",
-        );
-        for e in t.active() {
-            active.sample(
-                &[
-                    ("comm", &e.comm),
-                    ("pid", &e.pid.to_string()),
-                    ("child_pid", &e.child_pid.to_string()),
-                ],
-                e.parent_cow_bytes as f64,
-            );
-        }
+        let active = active_cow(&t);
         for f in [count, fork, cow, stall, last, last_time, active] {
             f.push_to(out);
         }
         Ok(())
     }
+}
+
+/// The figures of `memwatch_fork_episode_last`.
+fn last_figures(e: &Episode) -> [(&'static str, f64); 7] {
+    let ratio = if e.parent_rss_bytes > 0 {
+        e.cow_bytes() as f64 / e.parent_rss_bytes as f64
+    } else {
+        0.0
+    };
+    [
+        ("fork_seconds", e.fork_latency_seconds),
+        ("cow_bytes", e.cow_bytes() as f64),
+        ("cow_ratio", ratio),
+        ("child_lifetime_seconds", e.child_lifetime_seconds),
+        ("reclaim_stall_seconds", e.reclaim_stall_seconds),
+        ("dirty_throttle_seconds", e.dirty_throttle_seconds),
+        ("parent_rss_bytes", e.parent_rss_bytes as f64),
+    ]
+}
+
+/// `memwatch_fork_episode_active_cow_bytes`: the running episodes.
+fn active_cow(t: &Tracker) -> Family {
+    let mut active = Family::gauge(
+        "memwatch_fork_episode_active_cow_bytes",
+        "COW bytes the parent has copied so far in a running episode (sampled every 100 ms).",
+    );
+    for e in t.active() {
+        active.sample(
+            &[
+                ("comm", &e.comm),
+                ("pid", &e.pid.to_string()),
+                ("child_pid", &e.child_pid.to_string()),
+            ],
+            e.parent_cow_bytes as f64,
+        );
+    }
+    active
 }

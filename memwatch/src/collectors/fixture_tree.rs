@@ -63,10 +63,9 @@ pub(super) fn tree() -> (testutil::TempDir, testutil::TempDir) {
     (p, s)
 }
 
-#[test]
-fn collectors_read_only_the_fixture_tree() {
-    let (p, s) = tree();
-    let host = Arc::new(Host::new(p.path(), s.path()));
+/// What the daemon registers before the probes: build info and the /proc and /sys
+/// collectors, watching `fixture-*` processes.
+pub(super) fn registry(host: &Arc<Host>) -> Registry {
     let cfg = Config {
         processes: config::Processes {
             comm: vec!["fixture-*".into()],
@@ -75,9 +74,16 @@ fn collectors_read_only_the_fixture_tree() {
         ..Config::default()
     };
     let mut registry = Registry::default();
-    registry.register(Box::new(BuildInfo::new(&host)));
-    register_proc(&mut registry, &cfg, &host);
-    let text = registry.render();
+    registry.register(Box::new(BuildInfo::new(host)));
+    register_proc(&mut registry, &cfg, host);
+    registry
+}
+
+#[test]
+fn collectors_read_only_the_fixture_tree() {
+    let (p, s) = tree();
+    let host = Arc::new(Host::new(p.path(), s.path()));
+    let text = registry(&host).render();
     testutil::check_exposition(&text).unwrap();
     for want in [
         "kernel=\"9.9.9-fixture\"} 1\n",

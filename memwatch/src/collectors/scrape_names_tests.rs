@@ -14,11 +14,14 @@ use memwatch_common::{proc, Event, EVENT_EXIT, EVENT_FORK};
 use prometheus::proto::MetricFamily;
 
 use super::{
-    bpf::golden_tests::families_on_best_rungs, build_info::BuildInfo, episodes::Episodes,
-    fixture_tree::tree, probes::ProbeInfo, register_proc, testutil, Collector, Registry,
+    bpf::golden_tests::families_on_best_rungs,
+    episodes::Episodes,
+    fixture_tree::{registry, tree},
+    probes::ProbeInfo,
+    testutil, Collector,
 };
 use crate::{
-    config::{self, Config},
+    config,
     episodes::{Counts, CowSource, Tracker},
     host::Host,
     probes::{table::HOOKS, HookOutcome},
@@ -82,16 +85,7 @@ fn a_scrape_has_the_golden_names() {
         p.write(&format!("sys/vm/{knob}"), &format!("{v}\n"));
     }
     let host = Arc::new(Host::new(p.path(), s.path()));
-    let cfg = Config {
-        processes: config::Processes {
-            comm: vec!["fixture-*".into()],
-            ..config::Processes::default()
-        },
-        ..Config::default()
-    };
-    let mut registry = Registry::default();
-    registry.register(Box::new(BuildInfo::new(&host)));
-    register_proc(&mut registry, &cfg, &host);
+    let mut registry = registry(&host);
     let outcomes: Vec<HookOutcome> = HOOKS
         .iter()
         .map(|hook| HookOutcome {
