@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{bin, free_port, http_get, root_or_skip, trace_field, Agent, TempFile, Trace};
+use common::{bin, fork_trace, free_port, http_get, root_or_skip, traced_fork, Agent, TempFile};
 
 /// Keys the load writes (the benchmark's `-r`), created before it starts.
 const LOAD_KEYS: u64 = 100_000;
@@ -322,12 +322,6 @@ fn live_after(agent: &Agent, pid: u32, child: u32, t: f64) -> Option<f64> {
     )
 }
 
-/// The timestamp (seconds) of a trace line: `comm-pid [cpu] flags 1234.567890: event: ...`.
-fn trace_ts(line: &str) -> Option<f64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_suffix(':')?.parse().ok())
-}
-
 struct Save {
     child_pid: u32,
     /// The child was held (SIGSTOP) until the load had made HOLD_UNTIL of COW; false
@@ -353,7 +347,7 @@ struct Save {
 /// until Redis says it finished.
 fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress: &str) -> Save {
     let pid = redis.pid();
-    let trace = fork_trace(cmd, pid);
+    let trace = fork_trace(&format!("redis-{}", cmd.to_lowercase()), pid);
     let child_pid = start_save(redis, cmd, started);
     // Hold the child. If it is already gone (or a zombie), the save was quicker than
     // this test: the caller runs another.
@@ -373,7 +367,7 @@ fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress:
         Vec::new()
     };
     let redis_live = follow_to_end(redis, agent, cmd, in_progress, child_pid);
-    let traced_fork = trace.map(|t| traced_fork(&t, child_pid));
+    let traced_fork = trace.map(|t| traced_fork(&t, Some(child_pid)));
     Save {
         child_pid,
         held,
@@ -381,20 +375,6 @@ fn run_save(redis: &Redis, agent: &Agent, cmd: &str, started: &str, in_progress:
         redis_live,
         traced_fork,
     }
-}
-
-/// A trace instance of Redis (`pid`)'s clone entries and forks, for the save `cmd`;
-/// None without tracefs.
-fn fork_trace(cmd: &str, pid: u32) -> Option<Trace> {
-    let filter = format!("common_pid == {pid}");
-    Trace::new(
-        &format!("redis-{}", cmd.to_lowercase()),
-        &[
-            ("syscalls/sys_enter_clone", &filter),
-            ("syscalls/sys_enter_clone3", &filter),
-            ("sched/sched_process_fork", &filter),
-        ],
-    )
 }
 
 /// Sends `cmd` and returns the pid of the child Redis's log then says (`started`) it
@@ -477,25 +457,6 @@ fn follow_to_end(
         None
     });
     redis_live
-}
-
-/// Seconds from the clone entry to the sched_process_fork of `child_pid` in `trace`.
-fn traced_fork(trace: &Trace, child_pid: u32) -> f64 {
-    let text = trace.text();
-    let lines: Vec<&str> = text.lines().collect();
-    let k = lines
-        .iter()
-        .position(|l| {
-            l.contains("sched_process_fork:")
-                && trace_field(l, "child_pid") == Some(child_pid as u64)
-        })
-        .unwrap_or_else(|| panic!("no sched_process_fork of {child_pid} traced:\n{text}"));
-    let enter = lines[..k]
-        .iter()
-        .rev()
-        .find(|l| l.contains("sys_clone"))
-        .unwrap_or_else(|| panic!("no clone entry before the fork of {child_pid}:\n{text}"));
-    trace_ts(lines[k]).unwrap() - trace_ts(enter).unwrap()
 }
 
 /// Runs saves with `cmd` until one could be held; every child it forked goes to

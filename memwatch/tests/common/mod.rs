@@ -692,3 +692,46 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The timestamp (seconds) of a trace line: `comm-pid [cpu] flags 1234.567890: event: ...`.
+pub fn trace_ts(line: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_suffix(':')?.parse().ok())
+}
+
+/// A trace instance of process `pid`'s clone entries and forks; None without tracefs.
+/// Its probes are registered after the agent's on the same tracepoints, so on the
+/// clone entry they run after memwatch's clock read; sched_process_fork fires inside
+/// the syscall, before its return. So the traced fork lies within memwatch's fork
+/// latency.
+pub fn fork_trace(name: &str, pid: u32) -> Option<Trace> {
+    let filter = format!("common_pid == {pid}");
+    Trace::new(
+        name,
+        &[
+            ("syscalls/sys_enter_clone", &filter),
+            ("syscalls/sys_enter_clone3", &filter),
+            ("sched/sched_process_fork", &filter),
+        ],
+    )
+}
+
+/// Seconds from the clone entry to the sched_process_fork of `child_pid` (None: the
+/// last fork traced) in `trace`.
+pub fn traced_fork(trace: &Trace, child_pid: Option<u32>) -> f64 {
+    let text = trace.text();
+    let lines: Vec<&str> = text.lines().collect();
+    let k = lines
+        .iter()
+        .rposition(|l| {
+            l.contains("sched_process_fork:")
+                && child_pid.is_none_or(|c| trace_field(l, "child_pid") == Some(c as u64))
+        })
+        .unwrap_or_else(|| panic!("no sched_process_fork of {child_pid:?} traced:\n{text}"));
+    let enter = lines[..k]
+        .iter()
+        .rev()
+        .find(|l| l.contains("sys_clone"))
+        .unwrap_or_else(|| panic!("no clone entry before the fork of {child_pid:?}:\n{text}"));
+    trace_ts(lines[k]).unwrap() - trace_ts(enter).unwrap()
+}
