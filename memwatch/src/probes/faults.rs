@@ -6,7 +6,7 @@ use memwatch_common::{fault, proc};
 use prometheus::proto::MetricFamily;
 
 use super::{
-    catalogue::{series, Counters, Custom, Feeds, Metric, Series, When},
+    catalogue::{series, Counters, Custom, Feeds, Metric, When},
     table::{fentry, kprobe, tp, tracepoint, Area, Attach, Hook, HookId},
 };
 use crate::metrics::Family;
@@ -95,11 +95,7 @@ pub const HOOKS: &[Hook] = &[
 /// A kind's series of `page_faults_total`: its slots in every mode.
 macro_rules! kind {
     ($k:expr) => {
-        Series {
-            value: fault::kind_name($k),
-            cols: &fault_cols($k),
-            when: When::Always,
-        }
+        series(fault::kind_name($k), &fault_cols($k))
     };
 }
 

@@ -144,26 +144,10 @@ const _: () = assert!(global::THROTTLE_REASONS == 4);
 macro_rules! throttle_reasons {
     ($base:expr) => {
         [
-            Series {
-                value: "writeback",
-                cols: &[$base],
-                when: When::Always,
-            },
-            Series {
-                value: "isolated",
-                cols: &[$base + 1],
-                when: When::Always,
-            },
-            Series {
-                value: "noprogress",
-                cols: &[$base + 2],
-                when: When::Always,
-            },
-            Series {
-                value: "congested",
-                cols: &[$base + 3],
-                when: When::Always,
-            },
+            series("writeback", &[$base]),
+            series("isolated", &[$base + 1]),
+            series("noprogress", &[$base + 2]),
+            series("congested", &[$base + 3]),
         ]
     };
 }
