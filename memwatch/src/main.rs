@@ -1,31 +1,14 @@
-//! memwatch: where a Linux host's memory work goes, for Prometheus.
-//!
-//! `cli` parses the command line, `daemon` is `memwatch run` (the start-up sequence),
-//! `fork_report` is `memwatch fork-report`. docs/ARCHITECTURE.md maps the rest.
-
-mod btf;
-mod cli;
-mod collectors;
-mod config;
-mod daemon;
-mod episodes;
-mod fork_report;
-mod host;
-mod metrics;
-mod notify;
-mod parse;
-mod privileges;
-mod probes;
-mod server;
-mod tracefs;
+//! memwatch's command line: parse it, run the subcommand, map the outcome to an exit
+//! code. Everything else is the library (`lib.rs`).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::{
-    cli::{Cli, Command},
+use memwatch::{
+    cli::{self, Cli, Command},
     daemon::Fatal,
+    fork_report,
 };
 
 /// Exit code for "can't start": bad usage, bad config, missing privileges.
