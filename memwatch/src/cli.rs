@@ -115,9 +115,12 @@ pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
 
 /// `memwatch run`: the config with the command line's overrides, then the daemon.
 pub fn run(args: RunArgs) -> Result<(), Fatal> {
+    crate::lifecycle::catch_stop_signals()
+        .map_err(|e| Fatal::Runtime(anyhow::anyhow!("installing signal handlers: {e}")))?;
     let cfg = load_config(&args)?;
     init_logging(cfg.log.level);
-    daemon::run(cfg, Arc::new(Host::new(&args.procfs, &args.sysfs)))
+    let host = Arc::new(Host::new(&args.procfs, &args.sysfs));
+    daemon::run(cfg, host, Box::new(move || load_config(&args)))
 }
 
 /// `memwatch probes`: walk every rung of every hook and print what works here.

@@ -61,6 +61,11 @@ knobs = true
 processes = true
 # The eBPF programs' counters.
 bpf = true
+# How long each collector may take during a scrape (they run side by side). One that
+# overruns is left out of that scrape (memwatch_scrape_collector_success 0, counted in
+# memwatch_scrape_collector_timeouts_total) and is not started again until its stuck
+# read returns; the other collectors are served.
+timeout_seconds = 5.0
 
 [processes]
 # Processes whose /proc/PID/smaps_rollup and fault counts are exported, labelled pid
@@ -231,6 +236,7 @@ pub struct Collectors {
     pub knobs: bool,
     pub processes: bool,
     pub bpf: bool,
+    pub timeout_seconds: f64,
 }
 
 impl Default for Collectors {
@@ -243,6 +249,7 @@ impl Default for Collectors {
             knobs: true,
             processes: true,
             bpf: true,
+            timeout_seconds: crate::collectors::DEFAULT_TIMEOUT.as_secs_f64(),
         }
     }
 }
@@ -318,6 +325,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "web.telemetry_path {:?} must start with '/' and must not be /healthz",
                 self.web.telemetry_path
+            )));
+        }
+        let t = self.collectors.timeout_seconds;
+        if !(0.001..=600.0).contains(&t) {
+            return Err(ConfigError::Invalid(format!(
+                "collectors.timeout_seconds {t} must be between 0.001 and 600 (seconds); \
+                 keep it below Prometheus's scrape_timeout"
             )));
         }
         if self.tables.process_max_entries == 0 {

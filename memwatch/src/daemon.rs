@@ -1,7 +1,10 @@
 //! `memwatch run`: the daemon's start-up sequence, from the config to serving, and
 //! the tasks it leaves running (fork events, episode samples, the systemd watchdog).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 
@@ -10,7 +13,7 @@ use crate::{
     config::{self, Config},
     episodes,
     host::Host,
-    notify, privileges,
+    lifecycle, notify, privileges,
     probes::{self, HookOutcome, KernelSupport},
     server,
 };
@@ -55,83 +58,211 @@ pub fn load_file(path: Option<&std::path::Path>) -> Result<Config, Fatal> {
     Ok(cfg)
 }
 
+/// Logs to stderr at `level`, or as RUST_LOG says when it is set (then the level
+/// stays RUST_LOG's, also across reloads).
 pub fn init_logging(level: config::LogLevel) {
     env_logger::Builder::new()
-        .filter_level(level.filter())
+        .filter_level(log::LevelFilter::Trace)
         .parse_default_env()
         .format_timestamp_millis()
         .init();
+    set_log_level(level);
 }
 
-/// The start-up sequence, once the config is loaded and logging set up: the listener
-/// (a port in use is reported before any probe attaches), the /proc collectors, the
-/// probes, dropping the capabilities no longer needed, READY to systemd, then serving
-/// until SIGTERM.
-pub fn run(cfg: Config, host: Arc<Host>) -> Result<(), Fatal> {
+/// The level of `[log] level`, unless RUST_LOG decides.
+fn set_log_level(level: config::LogLevel) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level.filter());
+    }
+}
+
+/// Reads the configuration again (the file and the command line's overrides), for
+/// SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, Fatal>>;
+
+/// The start-up sequence, once the config is loaded and logging set up: the signal
+/// handlers (from here on a stop is orderly and SIGHUP reloads), the listener (a port
+/// in use is reported before any probe attaches), the /proc collectors, the probes,
+/// dropping the capabilities no longer needed, READY to systemd, then serving until
+/// SIGTERM or SIGINT.
+pub fn run(cfg: Config, host: Arc<Host>, reload: Reloader) -> Result<(), Fatal> {
     let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(Fatal::Usage)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = server::bind(addr).await.map_err(|e| {
-            Fatal::Usage(format!(
-                "cannot listen on {addr} ({e}): pick another --web.listen-address"
-            ))
-        })?;
-        let mut registry = Registry::default();
-        registry.register(Box::new(collectors::build_info::BuildInfo::new(&host)));
-        collectors::register_proc(&mut registry, &cfg, &host);
-        let running = if cfg.collectors.bpf {
-            start_probes(&cfg, &host, &mut registry).await?
-        } else {
-            None
-        };
-        // Everything that needed privileges is done: programs attached, tracefs and
-        // /proc/timer_list read, the episode log opened.
-        let kept = drop_capabilities(&cfg);
-        let local = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        log::info!("serving {} on http://{local}", cfg.web.telemetry_path);
-        let state = server::AppState {
-            registry: Arc::new(registry),
-            episodes: running.as_ref().and_then(|r| r.tracker.clone()),
-        };
-        // The listener is bound and answers as soon as `serve` below polls it.
-        notify_ready(&service_status(&local, running.as_ref(), &kept));
-        server::serve(listener, state, &cfg.web.telemetry_path, shutdown_signal())
-            .await
-            .context("serving HTTP")?;
-        if let Some(n) = notify::Notifier::from_env() {
-            n.notify("STOPPING=1");
+    let result = runtime.block_on(serve_until_stopped(cfg, host, addr, reload));
+    // A collector stuck on a read runs on a thread of its own and is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve_until_stopped(
+    mut cfg: Config,
+    host: Arc<Host>,
+    addr: std::net::SocketAddr,
+    reload: Reloader,
+) -> Result<(), Fatal> {
+    let mut signals = lifecycle::Signals::install().context("installing signal handlers")?;
+    let listener = server::bind(addr).await.map_err(|e| {
+        Fatal::Usage(format!(
+            "cannot listen on {addr} ({e}): pick another --web.listen-address"
+        ))
+    })?;
+    let health = Arc::new(lifecycle::Health::default());
+    let mut registry = Registry::new(Duration::from_secs_f64(cfg.collectors.timeout_seconds));
+    registry.register(Box::new(collectors::build_info::BuildInfo::new(&host)));
+    collectors::register_proc(&mut registry, &cfg, &host);
+    let running = if cfg.collectors.bpf && !lifecycle::stopping() {
+        start_probes(&cfg, &host, &mut registry, &health).await?
+    } else {
+        None
+    };
+    if lifecycle::stopping() {
+        log::info!("stop requested during start-up; not serving");
+        stop(running, Instant::now());
+        return Ok(());
+    }
+    // Everything that needed privileges is done: programs attached, tracefs and
+    // /proc/timer_list read, the episode log opened.
+    let kept = drop_capabilities(&cfg);
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    log::info!("serving {} on http://{local}", cfg.web.telemetry_path);
+    let registry = Arc::new(registry);
+    health.watch_registry(registry.clone());
+    let state = server::AppState {
+        registry,
+        episodes: running.as_ref().and_then(|r| r.tracker.clone()),
+        health: health.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let path = cfg.web.telemetry_path.clone();
+    let mut server = tokio::spawn(async move {
+        server::serve(listener, state, &path, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    // The listener is bound and answers as soon as the server task polls it.
+    notify_ready(&service_status(&local, running.as_ref(), &kept), health);
+    let why = loop {
+        tokio::select! {
+            request = signals.next() => match request {
+                lifecycle::Request::Stop(why) => break why,
+                lifecycle::Request::Reload => apply_reload(&mut cfg, &reload),
+            },
+            served = &mut server => {
+                let e = match served {
+                    Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                    Ok(Err(e)) => anyhow::Error::from(e).context("serving HTTP"),
+                    Err(e) => anyhow::Error::from(e).context("the HTTP server task"),
+                };
+                stop(running, Instant::now());
+                return Err(Fatal::Runtime(e));
+            }
         }
-        if let Some(r) = running {
-            detach(r.attached);
+    };
+    let since = Instant::now();
+    log::info!("{why} received; stopping");
+    let _ = stop_tx.send(());
+    // Responses in flight get a moment to finish; connections still open then are cut.
+    if tokio::time::timeout(Duration::from_millis(500), &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+    }
+    stop(running, since);
+    Ok(())
+}
+
+/// Tells systemd, detaches, and says how long the stop took.
+fn stop(running: Option<Running>, since: Instant) {
+    if let Some(n) = notify::Notifier::from_env() {
+        n.notify("STOPPING=1");
+    }
+    if let Some(r) = running {
+        detach(r.attached);
+    }
+    log::info!("stopped in {} ms", since.elapsed().as_millis());
+}
+
+/// SIGHUP: reads the configuration again and checks it first; on an error keeps the
+/// running one. Applies what can change while running (the log level) and names what
+/// needs a restart.
+fn apply_reload(running: &mut Config, reload: &Reloader) {
+    let new = match reload() {
+        Ok(c) => c,
+        Err(Fatal::Usage(e)) => {
+            return log::error!("SIGHUP: {e}; keeping the running configuration")
         }
-        Ok(())
-    })
+        Err(Fatal::Runtime(e)) => {
+            return log::error!("SIGHUP: {e:#}; keeping the running configuration")
+        }
+    };
+    let changes = lifecycle::changes(running, &new);
+    if changes.is_empty() {
+        return log::info!("SIGHUP: configuration reloaded; nothing changed");
+    }
+    let (live, restart): (Vec<_>, Vec<_>) = changes.iter().partition(|c| c.key == "log.level");
+    let show = |v: &[&lifecycle::Change]| {
+        v.iter()
+            .map(|c| format!("{} {} -> {}", c.key, c.before, c.after))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !live.is_empty() {
+        running.log = new.log.clone();
+        set_log_level(new.log.level);
+        log::info!("SIGHUP: applied {}", show(&live));
+    }
+    if !restart.is_empty() {
+        log::warn!(
+            "SIGHUP: these changes need a restart to take effect (systemctl restart \
+             memwatch): {}",
+            show(&restart)
+        );
+    }
 }
 
 /// Tells systemd (when it is watching) that the daemon is ready, with its status
-/// line, and starts the watchdog pings it asked for.
-fn notify_ready(status: &str) {
+/// line, and starts the watchdog pings it asked for: one per interval while every
+/// watched loop makes progress, none (so systemd restarts the daemon) once one stalls.
+fn notify_ready(status: &str, health: Arc<lifecycle::Health>) {
     let Some(n) = notify::Notifier::from_env() else {
         return;
     };
     n.notify(&format!("READY=1\nSTATUS={status}"));
+    let status = status.to_string();
     if let Some(every) = notify::watchdog_interval() {
-        log::info!("systemd watchdog: pinging every {every:?}");
+        log::info!(
+            "systemd watchdog: pinging every {every:?} while the daemon's loops make progress"
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             // Held up (a busy machine, a stopped process), ping once and go on from
             // there: a burst of late pings tells systemd nothing.
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut was_healthy = true;
             loop {
                 tick.tick().await;
-                n.notify("WATCHDOG=1");
+                let report = health.report();
+                if report.healthy() {
+                    if !was_healthy {
+                        log::info!("watchdog: every loop makes progress again");
+                        n.notify(&format!("STATUS={status}"));
+                    }
+                    n.notify("WATCHDOG=1");
+                } else if was_healthy {
+                    let why = report.stalled.join("; ");
+                    log::error!("watchdog: not pinging systemd: {why}");
+                    n.notify(&format!("STATUS=stalled: {why}"));
+                }
+                was_healthy = report.healthy();
             }
         });
     }
@@ -144,8 +275,37 @@ fn detach(attached: Attached) {
         .iter()
         .filter(|o| o.chosen.is_some())
         .count();
-    drop(attached.ebpf);
-    log::info!("detached {n} hooks; exiting");
+    let mut ebpf = attached.ebpf;
+    let mut programs: Vec<&mut aya::programs::Program> =
+        ebpf.programs_mut().map(|(_, p)| p).collect();
+    // Each detach waits for an RCU grace period (tens of ms, more on a busy machine):
+    // side by side, the waits overlap instead of adding up.
+    std::thread::scope(|scope| {
+        for chunk in programs.chunks_mut(1) {
+            scope.spawn(move || {
+                for p in chunk.iter_mut() {
+                    if let Err(e) = unload(p) {
+                        log::debug!("unloading a program: {e}");
+                    }
+                }
+            });
+        }
+    });
+    drop(ebpf);
+    log::info!("detached {n} hooks");
+}
+
+/// Detaches a program's links and unloads it (what dropping it does).
+fn unload(p: &mut aya::programs::Program) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::Program as P;
+    match p {
+        P::TracePoint(p) => p.unload(),
+        P::RawTracePoint(p) => p.unload(),
+        P::KProbe(p) => p.unload(),
+        P::FEntry(p) => p.unload(),
+        P::FExit(p) => p.unload(),
+        _ => Ok(()),
+    }
 }
 
 /// Privilege check, tracefs, object load, ladder walk.
@@ -210,6 +370,7 @@ pub async fn start_probes(
     cfg: &Config,
     host: &Arc<Host>,
     registry: &mut Registry,
+    health: &lifecycle::Health,
 ) -> Result<Option<Running>, Fatal> {
     let mut a = match attach_probes(cfg, host, false) {
         Ok(a) => a,
@@ -237,7 +398,7 @@ pub async fn start_probes(
     ) {
         Ok(c) => {
             if forks {
-                match start_episodes(&mut a.ebpf, cfg, host, cow, c.rows()) {
+                match start_episodes(&mut a.ebpf, cfg, host, cow, c.rows(), health) {
                     Ok(t) => {
                         registry.register(Box::new(collectors::episodes::Episodes::new(t.clone())));
                         tracker = Some(t);
@@ -269,6 +430,7 @@ fn start_episodes(
     host: &Arc<Host>,
     cow: episodes::CowSource,
     rows: collectors::bpf::ProcRows,
+    health: &lifecycle::Health,
 ) -> anyhow::Result<Arc<Mutex<episodes::Tracker>>> {
     use tokio::io::unix::AsyncFd;
     let ring =
@@ -282,6 +444,7 @@ fn start_episodes(
     // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
     let (t, r) = (tracker.clone(), rows.clone());
+    let beat = health.on_events("fork event reader");
     tokio::spawn(async move {
         loop {
             let mut guard = match fd.readable_mut().await {
@@ -291,6 +454,7 @@ fn start_episodes(
                     return;
                 }
             };
+            beat.busy();
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 if item.len() >= std::mem::size_of::<memwatch_common::Event>() {
@@ -301,34 +465,20 @@ fn start_episodes(
                 }
             }
             guard.clear_ready();
+            beat.idle();
         }
     });
     let t = tracker.clone();
+    let beat = health.periodic("episode sampler", episodes::Tracker::SAMPLE_EVERY);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(episodes::Tracker::SAMPLE_EVERY);
         loop {
             tick.tick().await;
+            beat.tick();
             t.lock().expect("tracker lock").sample(&rows);
         }
     });
     Ok(tracker)
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT received"),
-        _ = term.recv() => log::info!("SIGTERM received"),
-    }
 }
 
 /// Forwards the eBPF side's aya-log records to this process's logger.

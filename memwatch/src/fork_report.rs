@@ -150,9 +150,12 @@ fn with_own_probes(args: &ForkReportArgs) -> Result<(), Fatal> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let mut signals = crate::lifecycle::Signals::install()
+            .map_err(|e| Fatal::Runtime(anyhow::anyhow!("installing signal handlers: {e}")))?;
         let mut registry = Registry::default();
         let host = std::sync::Arc::new(crate::host::Host::local());
-        let running = daemon::start_probes(&cfg, &host, &mut registry)
+        let health = crate::lifecycle::Health::default();
+        let running = daemon::start_probes(&cfg, &host, &mut registry, &health)
             .await?
             .ok_or_else(|| Fatal::Runtime(anyhow::anyhow!("no eBPF: cannot track forks")))?;
         let tracker = running.tracker.clone().ok_or_else(|| {
@@ -162,7 +165,7 @@ fn with_own_probes(args: &ForkReportArgs) -> Result<(), Fatal> {
         })?;
         let mut seen = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut stop = Box::pin(daemon::shutdown_signal());
+        let mut stop = Box::pin(signals.stopped());
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod episodes;
 pub mod fork_report;
 pub mod host;
+pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
 pub mod parse;

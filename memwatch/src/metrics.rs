@@ -143,6 +143,9 @@ pub struct Text {
     seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdentityHasher>>,
     /// The current family was refused: drop its samples.
     skipping: bool,
+    /// Where each family starts in `buf`, with its name's hash, so that another
+    /// exposition can be appended family by family ([`Text::append`]).
+    starts: Vec<(u64, usize)>,
 }
 
 impl Default for Text {
@@ -157,6 +160,7 @@ impl Text {
             buf: String::with_capacity(bytes),
             seen: std::collections::HashSet::with_capacity_and_hasher(1024, Default::default()),
             skipping: false,
+            starts: Vec::new(),
         }
     }
 
@@ -209,13 +213,52 @@ impl Text {
     /// Starts a family with its header lines made by [`Text::header`]. Returns false,
     /// and drops the samples that follow, when a family of that name was already written.
     pub fn family_with_header(&mut self, name: &str, header: &str) -> bool {
-        self.skipping = !self.seen.insert(fnv1a(name));
+        let hash = fnv1a(name);
+        self.skipping = !self.seen.insert(hash);
         if self.skipping {
             log::warn!("dropping a second metric family named {name}");
         } else {
+            self.starts.push((hash, self.buf.len()));
             self.buf.push_str(header);
         }
         !self.skipping
+    }
+
+    /// Appends another exposition (one collector's, written on its own), family by
+    /// family: a family whose name this one already has is dropped, as
+    /// [`Text::family_with_header`] would.
+    pub fn append(&mut self, other: &Text) {
+        self.skipping = false;
+        let ends = other
+            .starts
+            .iter()
+            .skip(1)
+            .map(|&(_, start)| start)
+            .chain([other.buf.len()]);
+        for (&(hash, start), end) in other.starts.iter().zip(ends) {
+            let Some(family) = other.buf.get(start..end) else {
+                continue;
+            };
+            if self.seen.insert(hash) {
+                self.starts.push((hash, self.buf.len()));
+                self.buf.push_str(family);
+            } else {
+                let name = family
+                    .strip_prefix("# HELP ")
+                    .and_then(|r| r.split(' ').next())
+                    .unwrap_or("?");
+                log::warn!("dropping a second metric family named {name}");
+            }
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Starts a family.

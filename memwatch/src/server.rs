@@ -27,6 +27,7 @@ use crate::{
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub episodes: Option<Arc<Mutex<Tracker>>>,
+    pub health: Arc<crate::lifecycle::Health>,
 }
 
 /// The body of GET /api/episodes.
@@ -78,13 +79,25 @@ pub async fn serve(
     );
     let app = Router::new()
         .route(telemetry_path, get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/api/episodes", get(episodes))
         .route("/", get(move || async move { Html(landing) }))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// 200 and "ok" (with any collector stuck on a read) while the daemon's loops make
+/// progress; 503 naming the loops that stalled.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let report = state.health.report();
+    let status = if report.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, report.text()).into_response()
 }
 
 async fn episodes(

@@ -128,7 +128,14 @@ fn unit_verifies() {
 
     // What the unit promises.
     assert_eq!(unit_values(UNIT, "Type"), ["notify"]);
-    assert_eq!(unit_values(UNIT, "Restart"), ["on-failure"]);
+    // Any death (a signal included: on-failure counts SIGHUP and SIGTERM as clean)
+    // restarts it, except a config error; SIGHUP reloads.
+    assert_eq!(unit_values(UNIT, "Restart"), ["always"]);
+    assert_eq!(unit_values(UNIT, "RestartPreventExitStatus"), ["2"]);
+    assert_eq!(
+        unit_values(UNIT, "ExecReload"),
+        ["/bin/kill", "-HUP", "$MAINPID"]
+    );
     assert_eq!(unit_values(UNIT, "NoNewPrivileges"), ["yes"]);
     assert_eq!(unit_values(UNIT, "DynamicUser"), ["yes"]);
     let ambient = unit_values(UNIT, "AmbientCapabilities");

@@ -22,9 +22,9 @@ pub mod zoneinfo;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        mpsc, Arc,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use prometheus::proto::MetricFamily;
@@ -111,18 +111,88 @@ impl ParseErrors {
     }
 }
 
-/// Every enabled collector.
-#[derive(Default)]
+/// How long a collector may take during one scrape unless the config says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One registered collector and what the registry knows of its runs.
+struct Slot {
+    collector: Arc<dyn Collector>,
+    /// Since when a run of it is in flight (ms on the registry's clock + 1; 0: none).
+    /// A run that overran its budget keeps this set until it returns: later scrapes
+    /// skip the collector instead of piling up threads stuck on the same read.
+    busy_since: Arc<AtomicU64>,
+    /// The run in flight overran its scrape's budget (cleared when it returns).
+    overran: Arc<std::sync::atomic::AtomicBool>,
+    timeouts: AtomicU64,
+    panics: AtomicU64,
+}
+
+/// How one collector did during one scrape.
+enum Outcome {
+    Ok,
+    Failed,
+    /// Did not finish within the budget (its output is dropped).
+    TimedOut,
+    /// A run from an earlier scrape has not returned yet: not started again.
+    StillRunning,
+    Panicked,
+}
+
+impl Outcome {
+    fn succeeded(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+/// Every enabled collector. A scrape runs them side by side, each on a thread of its
+/// own with its own buffer, and waits for each at most `timeout`: one that overruns
+/// (a read of a file that blocks: a FIFO, a hung mount, a process whose mmap lock is
+/// held) or panics fails alone, and the scrape returns what the others produced.
 pub struct Registry {
-    collectors: Vec<Box<dyn Collector>>,
+    slots: Vec<Slot>,
     parse_errors: Vec<(&'static str, ParseErrors)>,
     /// The size of the last exposition, to size the next one's buffer.
     size_hint: std::sync::atomic::AtomicUsize,
+    timeout: Duration,
+    clock: Instant,
+    /// One render at a time (the server also shares one render among concurrent
+    /// scrapes); a second caller waits.
+    rendering: std::sync::Mutex<()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(DEFAULT_TIMEOUT)
+    }
+}
+
+/// A collector that stopped being run because an earlier run is stuck, as seen by
+/// /healthz.
+pub struct Stuck {
+    pub collector: &'static str,
+    pub for_secs: f64,
 }
 
 impl Registry {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            slots: Vec::new(),
+            parse_errors: Vec::new(),
+            size_hint: Default::default(),
+            timeout,
+            clock: Instant::now(),
+            rendering: Default::default(),
+        }
+    }
+
     pub fn register(&mut self, c: Box<dyn Collector>) {
-        self.collectors.push(c);
+        self.slots.push(Slot {
+            collector: Arc::from(c),
+            busy_since: Default::default(),
+            overran: Default::default(),
+            timeouts: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        });
     }
 
     /// The parse-error counter of `source` (e.g. `vmstat`), shared by every collector
@@ -136,42 +206,200 @@ impl Registry {
         c
     }
 
-    /// Runs every collector; one that fails is logged and reported, the rest go on.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Collectors whose run overran a scrape's budget and has not returned yet.
+    pub fn stuck(&self) -> Vec<Stuck> {
+        let now = self.now_ms();
+        self.slots
+            .iter()
+            .filter(|s| s.overran.load(Ordering::Acquire))
+            .filter_map(|s| {
+                let since = s.busy_since.load(Ordering::Acquire).checked_sub(1)?;
+                Some(Stuck {
+                    collector: s.collector.name(),
+                    for_secs: now.saturating_sub(since) as f64 / 1000.0,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts one collector's run on a thread of its own; its result comes back on
+    /// `done` as (slot index, outcome, output).
+    fn start(
+        &self,
+        i: usize,
+        slot: &Slot,
+        done: &mpsc::Sender<(usize, Outcome, Text)>,
+    ) -> Option<Outcome> {
+        let stamp = self.now_ms().saturating_add(1);
+        if slot
+            .busy_since
+            .compare_exchange(0, stamp, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Some(Outcome::StillRunning);
+        }
+        let (c, busy, done) = (
+            slot.collector.clone(),
+            slot.busy_since.clone(),
+            done.clone(),
+        );
+        let overran = slot.overran.clone();
+        let hint = self.size_hint.load(Ordering::Relaxed) / self.slots.len().max(1);
+        let spawned = std::thread::Builder::new()
+            .name(format!("collect-{}", c.name()))
+            .spawn(move || {
+                let mut text = Text::with_capacity(hint + 1024);
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    c.write_text(&mut text)
+                }));
+                let outcome = match run {
+                    Ok(Ok(())) => Outcome::Ok,
+                    Ok(Err(e)) => {
+                        log::warn!("collector {} failed: {e:#}", c.name());
+                        Outcome::Failed
+                    }
+                    Err(panic) => {
+                        let msg = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        log::error!("collector {} panicked: {msg}", c.name());
+                        Outcome::Panicked
+                    }
+                };
+                overran.store(false, Ordering::Release);
+                busy.store(0, Ordering::Release);
+                // The scrape may have given up on this run: then nobody listens.
+                let _ = done.send((i, outcome, text));
+            });
+        match spawned {
+            Ok(_) => None,
+            Err(e) => {
+                slot.busy_since.store(0, Ordering::Release);
+                log::warn!(
+                    "collector {}: cannot start a thread: {e}",
+                    slot.collector.name()
+                );
+                Some(Outcome::Failed)
+            }
+        }
+    }
+
     /// Runs every collector and returns the exposition in the text format; one that
-    /// fails is logged and reported, the rest go on.
+    /// fails, panics or overruns the budget is logged and reported, the rest go on.
     pub fn render(&self) -> String {
+        let _one = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let (tx, rx) = mpsc::channel();
+        let n = self.slots.len();
+        let mut results: Vec<Option<(Outcome, f64, Option<Text>)>> = (0..n).map(|_| None).collect();
+        let mut waiting = 0;
+        for (i, (slot, r)) in self.slots.iter().zip(results.iter_mut()).enumerate() {
+            match self.start(i, slot, &tx) {
+                Some(outcome) => *r = Some((outcome, 0.0, None)),
+                None => waiting += 1,
+            }
+        }
+        drop(tx);
+        while waiting > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, outcome, text)) => {
+                    if let Some(r) = results.get_mut(i) {
+                        *r = Some((outcome, start.elapsed().as_secs_f64(), Some(text)));
+                    }
+                    waiting -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let timeout_secs = self.timeout.as_secs_f64();
         let hint = self.size_hint.load(Ordering::Relaxed);
-        let mut text = Text::with_capacity(hint + hint / 8 + 4096);
-        let mut results = Vec::with_capacity(self.collectors.len());
-        for c in &self.collectors {
-            let start = Instant::now();
-            let ok = match c.write_text(&mut text) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!("collector {} failed: {e:#}", c.name());
-                    false
+        let mut out = Text::with_capacity(hint + hint / 8 + 4096);
+        let mut report = Vec::with_capacity(n);
+        for (slot, r) in self.slots.iter().zip(results) {
+            let name = slot.collector.name();
+            let (outcome, secs) = match r {
+                Some((outcome, secs, text)) => {
+                    if let Some(text) = text {
+                        out.append(&text);
+                    }
+                    (outcome, secs)
+                }
+                None => {
+                    slot.overran.store(true, Ordering::Release);
+                    log::warn!("collector {name} did not finish within {timeout_secs} s; its metrics are left out of this scrape");
+                    (Outcome::TimedOut, timeout_secs)
                 }
             };
-            results.push((c.name(), start.elapsed().as_secs_f64(), ok));
+            match outcome {
+                Outcome::TimedOut | Outcome::StillRunning => {
+                    slot.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Panicked => {
+                    slot.panics.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Ok | Outcome::Failed => {}
+            }
+            report.push((name, secs, outcome.succeeded(), slot));
         }
+        self.write_own(&mut out, &report);
+        let out = out.into_string();
+        self.size_hint.store(out.len(), Ordering::Relaxed);
+        out
+    }
+
+    /// The registry's own families: how each collector did, and the parse errors.
+    fn write_own(&self, text: &mut Text, report: &[(&'static str, f64, bool, &Slot)]) {
         const DURATION: &str = "memwatch_scrape_collector_duration_seconds";
         if text.family(
             DURATION,
-            "Time a collector took during this scrape.",
+            "Time a collector took during this scrape (its budget when it overran).",
             Kind::Gauge,
         ) {
-            for (name, secs, _) in &results {
+            for (name, secs, _, _) in report {
                 text.sample(DURATION, &[("collector", name)], *secs);
             }
         }
         const SUCCESS: &str = "memwatch_scrape_collector_success";
         if text.family(
             SUCCESS,
-            "Whether a collector succeeded during this scrape (1) or failed (0).",
+            "Whether a collector succeeded during this scrape (1) or failed, overran its \
+             budget or panicked (0).",
             Kind::Gauge,
         ) {
-            for (name, _, ok) in &results {
+            for (name, _, ok, _) in report {
                 text.sample(SUCCESS, &[("collector", name)], if *ok { 1.0 } else { 0.0 });
+            }
+        }
+        const TIMEOUTS: &str = "memwatch_scrape_collector_timeouts_total";
+        if text.family(
+            TIMEOUTS,
+            "Scrapes in which a collector did not finish within collectors.timeout_seconds \
+             (or was still stuck in an earlier scrape's run) and was left out.",
+            Kind::Counter,
+        ) {
+            for (name, _, _, slot) in report {
+                let v = slot.timeouts.load(Ordering::Relaxed);
+                text.sample(TIMEOUTS, &[("collector", name)], v as f64);
+            }
+        }
+        const PANICS: &str = "memwatch_scrape_collector_panics_total";
+        if text.family(
+            PANICS,
+            "Scrapes in which a collector panicked (a bug: please report it with the log); \
+             the other collectors were served.",
+            Kind::Counter,
+        ) {
+            for (name, _, _, slot) in report {
+                let v = slot.panics.load(Ordering::Relaxed);
+                text.sample(PANICS, &[("collector", name)], v as f64);
             }
         }
         const ERRORS: &str = "memwatch_parse_errors_total";
@@ -186,9 +414,6 @@ impl Registry {
                 text.sample(ERRORS, &[("source", source)], c.get() as f64);
             }
         }
-        let out = text.into_string();
-        self.size_hint.store(out.len(), Ordering::Relaxed);
-        out
     }
 }
 
@@ -248,6 +473,111 @@ mod tests {
         );
         assert!(text.contains("memwatch_scrape_collector_success{collector=\"failing\"} 0\n"));
         assert!(text.contains("memwatch_scrape_collector_success{collector=\"two\"} 1\n"));
+    }
+    /// Blocks in `collect` until released: a read that hangs.
+    struct Blocking(Arc<std::sync::Mutex<mpsc::Receiver<()>>>);
+
+    impl Collector for Blocking {
+        fn name(&self) -> &'static str {
+            "blocking"
+        }
+        fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+            let rx = self.0.lock().unwrap();
+            let _ = rx.recv();
+            let mut f = crate::metrics::Family::gauge("memwatch_blocked", "test");
+            f.sample(&[], 1.0);
+            f.push_to(out);
+            Ok(())
+        }
+    }
+
+    struct Panicking;
+
+    impl Collector for Panicking {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+        fn collect(&self, _: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+            panic!("on purpose");
+        }
+    }
+
+    /// A collector stuck on a read fails that scrape alone, is not started again while
+    /// stuck (later scrapes don't wait for it), and comes back once its read returns; a
+    /// panicking one fails alone too.
+    #[test]
+    fn a_stuck_or_panicking_collector_fails_alone() {
+        let mut r = Registry::new(Duration::from_millis(1500));
+        let (release, rx) = mpsc::channel();
+        let read = Arc::new(std::sync::Mutex::new(rx));
+        r.register(Box::new(Blocking(read.clone())));
+        r.register(Box::new(Panicking));
+        let e = r.parse_errors("vmstat");
+        r.register(Box::new(Fixed("one", vec![("memwatch_x", 1.0)], e, 0)));
+        let has = |t: &str, s: &str| t.lines().any(|l| l == s);
+        let first = r.render();
+        testutil::check_exposition(&first).unwrap();
+        assert!(has(&first, "memwatch_x 1"), "{first}");
+        assert!(!first.contains("memwatch_blocked"), "{first}");
+        assert!(has(
+            &first,
+            "memwatch_scrape_collector_success{collector=\"blocking\"} 0"
+        ));
+        assert!(has(
+            &first,
+            "memwatch_scrape_collector_timeouts_total{collector=\"blocking\"} 1"
+        ));
+        assert!(has(
+            &first,
+            "memwatch_scrape_collector_success{collector=\"panicking\"} 0"
+        ));
+        assert!(has(
+            &first,
+            "memwatch_scrape_collector_panics_total{collector=\"panicking\"} 1"
+        ));
+        assert!(has(
+            &first,
+            "memwatch_scrape_collector_success{collector=\"one\"} 1"
+        ));
+        assert_eq!(r.stuck().len(), 1);
+        // Still stuck: skipped at once, counted again.
+        let second = r.render();
+        assert!(has(
+            &second,
+            "memwatch_scrape_collector_timeouts_total{collector=\"blocking\"} 2"
+        ));
+        assert!(has(
+            &second,
+            "memwatch_scrape_collector_duration_seconds{collector=\"blocking\"} 0"
+        ));
+        assert!(has(
+            &second,
+            "memwatch_scrape_collector_panics_total{collector=\"panicking\"} 2"
+        ));
+        release.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while r
+            .slots
+            .iter()
+            .any(|s| s.busy_since.load(Ordering::Relaxed) != 0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the released collector never returned"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The next read returns at once.
+        let (again, rx) = mpsc::channel();
+        again.send(()).unwrap();
+        *read.lock().unwrap() = rx;
+        let third = r.render();
+        assert!(has(&third, "memwatch_blocked 1"), "{third}");
+        assert!(has(
+            &third,
+            "memwatch_scrape_collector_success{collector=\"blocking\"} 1"
+        ));
+        assert!(r.stuck().is_empty());
     }
 }
 

@@ -53,6 +53,13 @@ pub fn attach_all(
     let mode = probes.mode;
     let mut outcomes: Vec<HookOutcome> = Vec::new();
     for hook in HOOKS {
+        if crate::lifecycle::stopping() {
+            log::info!(
+                "stop requested: not attaching {} and the hooks after it",
+                hook.name()
+            );
+            break;
+        }
         if !wanted(probes, hook) {
             log::debug!(
                 "{}/{}: not selected by probes.hooks",

@@ -39,8 +39,8 @@ pub mod maps {
     pub const DEVICES: &str = "DEVICES";
     /// The fork/exit ring buffer (`daemon::start_episodes`).
     pub const EVENTS: &str = "EVENTS";
-    /// Every map the agent takes (checked against the object in `object_tests`).
-    #[cfg(test)]
+    /// Every map the agent takes (checked against the object in `object_tests`; the
+    /// lifecycle tests look for them left loaded after a stop).
     pub const ALL: &[&str] = &[
         GLOBALS,
         STATS,
