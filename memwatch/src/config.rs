@@ -346,24 +346,61 @@ impl Config {
                     .into(),
             ));
         }
-        for p in &self.processes.comm {
-            if p.is_empty() || p.replace('*', "").len() > COMM_MAX {
-                return Err(ConfigError::Invalid(format!(
-                    "processes.comm pattern {p:?} can never match: a comm is 1 to {COMM_MAX} \
-                     bytes (the kernel truncates longer names), e.g. \"redis-rdb-bgsav\""
-                )));
-            }
+        let p = &self.processes;
+        if self.collectors.processes
+            && p.comm.is_empty()
+            && p.pids.is_empty()
+            && p.cgroups.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "processes.comm, processes.pids and processes.cgroups are all empty: the \
+                 processes collector would watch nothing; list what to watch or turn it off \
+                 with collectors.processes = false"
+                    .into(),
+            ));
         }
-        for c in &self.processes.cgroups {
-            if !c.starts_with('/') {
-                return Err(ConfigError::Invalid(format!(
-                    "processes.cgroups entry {c:?} must be a path starting with '/', as in \
-                     /proc/PID/cgroup"
-                )));
-            }
+        check_comms("processes.comm", &p.comm)?;
+        check_comms("episodes.watch_comms", &self.episodes.watch_comms)?;
+        check_cgroups("processes.cgroups", &p.cgroups)?;
+        check_cgroups("episodes.watch_cgroups", &self.episodes.watch_cgroups)?;
+        if p.pids.contains(&0) || self.episodes.watch_pids.contains(&0) {
+            return Err(ConfigError::Invalid(
+                "processes.pids and episodes.watch_pids take process ids, and 0 is none".into(),
+            ));
+        }
+        if self.episodes.log.is_empty() {
+            return Err(ConfigError::Invalid(
+                "episodes.log is empty: say \"stdout\", \"none\" or a file path".into(),
+            ));
         }
         Ok(())
     }
+}
+
+/// Comm patterns that can match: 1 to 15 bytes besides the `*`s.
+fn check_comms(key: &str, patterns: &[String]) -> Result<(), ConfigError> {
+    for p in patterns {
+        if p.is_empty() || p.replace('*', "").len() > COMM_MAX || p.contains('\0') {
+            return Err(ConfigError::Invalid(format!(
+                "{key} pattern {p:?} can never match: a comm is 1 to {COMM_MAX} bytes without \
+                 NUL (the kernel truncates longer names), e.g. \"redis-rdb-bgsav\""
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Cgroup paths as /proc/PID/cgroup prints them.
+fn check_cgroups(key: &str, paths: &[String]) -> Result<(), ConfigError> {
+    for c in paths {
+        if !c.starts_with('/') || c.contains('\0') || c.contains('\n') {
+            return Err(ConfigError::Invalid(format!(
+                "{key} entry {c:?} must be a path starting with '/', as in /proc/PID/cgroup \
+                 (e.g. \"/system.slice/redis.service\")"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a listen address the way Prometheus exporters do: ":9847" is every address.
@@ -437,6 +474,27 @@ mod tests {
         assert!(err.to_string().contains("can never match"), "{err}");
         let err = Config::from_toml("[processes]\ncgroups = [\"redis\"]\n", "x").unwrap_err();
         assert!(err.to_string().contains("cgroups"), "{err}");
+        for (bad, named) in [
+            ("[episodes]\nwatch_comms = [\"\"]\n", "episodes.watch_comms"),
+            (
+                "[episodes]\nwatch_cgroups = [\"redis\"]\n",
+                "episodes.watch_cgroups",
+            ),
+            ("[episodes]\nwatch_pids = [0]\n", "watch_pids"),
+            ("[episodes]\nlog = \"\"\n", "episodes.log"),
+            ("[processes]\ncomm = []\n", "would watch nothing"),
+            ("[collectors]\ntimeout_seconds = nan\n", "timeout_seconds"),
+            ("[collectors]\ntimeout_seconds = 0.0\n", "timeout_seconds"),
+        ] {
+            let err = Config::from_toml(bad, "x").unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        Config::from_toml("[processes]\ncomm = []\npids = [1]\n", "x").unwrap();
+        Config::from_toml(
+            "[processes]\ncomm = []\n[collectors]\nprocesses = false\n",
+            "x",
+        )
+        .unwrap();
         let err = Config::from_toml("[collectors]\nvmstats = true\n", "x").unwrap_err();
         assert!(err.to_string().contains("vmstats"), "{err}");
     }
