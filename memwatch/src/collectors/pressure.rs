@@ -65,10 +65,10 @@ impl Collector for Pressure {
             absent_logged,
         } = &mut *state;
         let mut present = [false; RESOURCES.len()];
-        for (i, resource) in RESOURCES.iter().enumerate() {
+        for ((resource, buf), present) in RESOURCES.iter().zip(bufs.iter_mut()).zip(&mut present) {
             let path = self.dir.join(resource);
-            match bufs[i].read(&path) {
-                Ok(()) => present[i] = true,
+            match buf.read(&path) {
+                Ok(()) => *present = true,
                 Err(e) if procfs::is_absent(&e) => {
                     if !*absent_logged {
                         log::debug!(
@@ -86,11 +86,11 @@ impl Collector for Pressure {
         }
         let texts: Vec<_> = bufs.iter().map(|b| b.text()).collect();
         let mut parsed = Vec::with_capacity(RESOURCES.len());
-        for (i, resource) in RESOURCES.iter().enumerate() {
-            if !present[i] {
+        for ((resource, text), present) in RESOURCES.iter().zip(&texts).zip(present) {
+            if !present {
                 continue;
             }
-            let (lines, errors) = parse(&texts[i]);
+            let (lines, errors) = parse(text);
             for bad in &errors {
                 log::debug!(
                     "{}/{resource}: skipping malformed line {bad:?}",

@@ -23,7 +23,8 @@ impl ReadBuf {
                 let grow = self.data.len().max(16 * 1024);
                 self.data.resize(self.data.len() + grow, 0);
             }
-            match f.read(&mut self.data[self.len..]) {
+            let free = self.data.get_mut(self.len..).unwrap_or_default();
+            match f.read(free) {
                 Ok(0) => return Ok(()),
                 Ok(n) => self.len += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -37,7 +38,7 @@ impl ReadBuf {
 
     /// The file's bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.data[..self.len]
+        self.data.get(..self.len).unwrap_or_default()
     }
 
     /// The file as text (bytes that are not UTF-8 become U+FFFD; /proc text is ASCII,
@@ -70,12 +71,13 @@ pub fn push_snake(out: &mut String, field: &str) {
         }
     };
     for (i, &c) in b.iter().enumerate() {
-        let prev = if i > 0 { b[i - 1] } else { 0 };
+        let at = |j: Option<usize>| j.and_then(|j| b.get(j)).copied().unwrap_or(0);
+        let prev = at(i.checked_sub(1));
         let next = b.get(i + 1).copied().unwrap_or(0);
         if c.is_ascii_uppercase() {
             // A run of capitals ends a word before a capitalised word (`NFSUnstable`),
             // but a lone leading capital stays on its word (`SUnreclaim`, `KReclaimable`).
-            let prev2 = if i > 1 { b[i - 2] } else { 0 };
+            let prev2 = at(i.checked_sub(2));
             let acronym_end = prev.is_ascii_uppercase()
                 && prev2.is_ascii_uppercase()
                 && next.is_ascii_lowercase();

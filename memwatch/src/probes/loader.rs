@@ -38,7 +38,7 @@ pub struct HookOutcome {
 impl HookOutcome {
     /// The best rung this hook has at all.
     pub fn best_mode(&self) -> Mode {
-        self.hook.rungs[0].mode
+        self.hook.rungs.first().map_or(Mode::Tracepoint, |r| r.mode)
     }
 }
 
