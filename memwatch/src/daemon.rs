@@ -74,6 +74,8 @@ pub fn run(cfg: Config, host: Arc<Host>) -> Result<(), Fatal> {
         .max_blocking_threads(4)
         .build()
         .context("starting the async runtime")?;
+    // A bad web config file (or [web] limit) stops the start here, before anything binds.
+    let web = server::Web::new(&cfg.web).map_err(Fatal::Usage)?;
     runtime.block_on(async move {
         let listener = server::bind(addr).await.map_err(|e| {
             Fatal::Usage(format!(
@@ -95,14 +97,19 @@ pub fn run(cfg: Config, host: Arc<Host>) -> Result<(), Fatal> {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        log::info!("serving {} on http://{local}", cfg.web.telemetry_path);
+        log::info!(
+            "serving {} on {}://{local}",
+            cfg.web.telemetry_path,
+            web.scheme()
+        );
+        registry.register(Box::new(web.collector()));
         let state = server::AppState {
             registry: Arc::new(registry),
             episodes: running.as_ref().and_then(|r| r.tracker.clone()),
         };
         // The listener is bound and answers as soon as `serve` below polls it.
         notify_ready(&service_status(&local, running.as_ref(), &kept));
-        server::serve(listener, state, &cfg.web.telemetry_path, shutdown_signal())
+        server::serve(listener, state, &web, shutdown_signal())
             .await
             .context("serving HTTP")?;
         if let Some(n) = notify::Notifier::from_env() {
