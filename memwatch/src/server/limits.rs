@@ -273,6 +273,11 @@ impl Conn {
         }
     }
 
+    /// Whether a request is being answered.
+    pub fn busy(&self) -> bool {
+        matches!(*lock(&self.phase), Phase::Busy)
+    }
+
     /// When it started waiting, if it is not busy (the eviction order: oldest first).
     fn waiting_since(&self) -> Option<Instant> {
         match *lock(&self.phase) {

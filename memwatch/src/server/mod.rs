@@ -331,10 +331,11 @@ async fn http<I>(
         }
         how = conn.watch(&web.limits, stop) => how,
     };
-    if how != limits::Close::Shutdown {
+    if how != limits::Close::Shutdown || !conn.busy() {
+        // Idle, or half a request: closed at once, on shutdown too.
         return closed(how);
     }
-    // Shutting down: hyper finishes the request in flight (if any), then closes; the
+    // Shutting down with a request in flight: hyper finishes it, then closes; the
     // caller drops what is left after the grace period.
     served.as_mut().graceful_shutdown();
     let _ = served.await;

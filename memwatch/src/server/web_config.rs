@@ -813,4 +813,40 @@ mod tests {
         let e = load(Path::new("/nonexistent/web.yml")).err().unwrap();
         assert!(e.contains("/nonexistent/web.yml"), "{e}");
     }
+
+    #[test]
+    fn reload_swaps_in_a_good_file_and_keeps_the_old_on_error() {
+        let dir = std::env::temp_dir().join(format!("memwatch-webcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("web.yml");
+        let users = |u: &str| format!("basic_auth_users:\n  {u}: {}\n", hash());
+        std::fs::write(&f, users("alice")).unwrap();
+        let stats = super::super::limits::Stats::new();
+        let h = WebConfigHandle::load(Some(&f), stats).unwrap();
+        let first = h.current();
+        assert!(first.auth.is_some() && first.tls.is_none());
+        assert_eq!(h.reload().unwrap(), Changed::default());
+        std::fs::write(
+            &f,
+            format!(
+                "{}http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+                users("bob")
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            h.reload().unwrap(),
+            Changed(vec!["basic_auth_users", "http_server_config.headers"])
+        );
+        assert_eq!(h.current().headers.len(), 1);
+        std::fs::write(&f, "basic_auth_users:\n  carol: nothash\n").unwrap();
+        let e = h.reload().unwrap_err();
+        assert!(
+            e.contains("web.yml") && e.contains("basic_auth_users.carol"),
+            "{e}"
+        );
+        // The config from before the error is still the one served.
+        assert_eq!(h.current().config.users.keys().collect::<Vec<_>>(), ["bob"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
