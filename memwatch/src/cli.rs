@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Path of the metrics endpoint.
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
+    /// Web config file (exporter-toolkit format: TLS, basic auth, response headers).
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<String>,
+    /// Scrapes in flight at once (running or sharing a render); beyond it, 503.
+    /// 0: no limit.
+    #[arg(long = "web.max-requests", value_name = "N")]
+    pub max_requests: Option<usize>,
     /// Force a rung of the probe ladder.
     #[arg(long = "probe-mode", value_enum)]
     pub probe_mode: Option<ProbeMode>,
@@ -102,6 +109,12 @@ pub fn load_config(args: &RunArgs) -> Result<Config, Fatal> {
     }
     if let Some(p) = &args.telemetry_path {
         cfg.web.telemetry_path = p.clone();
+    }
+    if let Some(f) = &args.web_config_file {
+        cfg.web.config_file = f.clone();
+    }
+    if let Some(n) = args.max_requests {
+        cfg.web.max_requests = n;
     }
     if let Some(m) = args.probe_mode {
         cfg.probes.mode = m;
@@ -183,7 +196,9 @@ fn render_probes(outcomes: &[HookOutcome], kernel: &str, mode: ProbeMode) -> Str
 /// `memwatch config`: print the defaults or check a file.
 pub fn config_cmd(args: ConfigArgs) -> Result<(), Fatal> {
     if let Some(path) = args.check {
-        daemon::load_file(Some(&path))?;
+        let cfg = daemon::load_file(Some(&path))?;
+        // The web config file it names too (TLS files, users, headers).
+        crate::server::Web::new(&cfg.web).map_err(Fatal::Usage)?;
         println!("{}: ok", path.display());
         return Ok(());
     }

@@ -1,7 +1,7 @@
 //! The configuration file (TOML). Every key has a built-in default; unknown keys are an
 //! error that names the key. `memwatch config --print-default` prints `DEFAULT_TOML`.
 
-use std::{fmt, net::SocketAddr, path::Path};
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +12,25 @@ pub const DEFAULT_TOML: &str = r#"# memwatch configuration. Every key is optiona
 [web]
 # Where /metrics and /healthz are served. ":9847" means every address, port 9847.
 listen_address = ":9847"
-# Path of the Prometheus endpoint.
+# Path of the Prometheus endpoint: a clean path of its own (not /, /healthz or under
+# /api/; letters, digits and -._~!$&'()+,;=@ only, ':' not at a segment's start).
 telemetry_path = "/metrics"
+# TLS, basic auth and response headers, in the web config format of Prometheus's
+# exporter-toolkit (a YAML file; relative paths in it are relative to it). "": plain
+# HTTP, no auth. SIGHUP re-reads it (and the files it names) for new connections.
+config_file = ""
+# From accepting a connection (or, on a kept-alive one, from a request's first byte)
+# to the end of the request's headers, TLS handshake included; then it is closed.
+header_read_timeout = "10s"
+# How long a kept-alive connection may wait for its next request.
+idle_timeout = "60s"
+# Connections open at once. A new one beyond it replaces the connection that has
+# waited longest without a request in flight (a stalled or idle one); when every one
+# has a request in flight, the new connection is closed.
+max_connections = 64
+# Scrapes in flight, running or waiting for the one render that concurrent scrapes
+# share; beyond it the answer is 503. 0: no limit (node_exporter's --web.max-requests).
+max_requests = 40
 
 [log]
 # error, warn, info, debug or trace. RUST_LOG, when set, takes precedence.
@@ -102,6 +119,14 @@ pub struct Config {
 pub struct Web {
     pub listen_address: String,
     pub telemetry_path: String,
+    /// The exporter-toolkit web config file; empty: none.
+    pub config_file: String,
+    /// A duration such as "10s" or "500ms" (see `Web::header_read_timeout`).
+    pub header_read_timeout: String,
+    pub idle_timeout: String,
+    pub max_connections: usize,
+    /// 0: no limit.
+    pub max_requests: usize,
 }
 
 impl Default for Web {
@@ -109,8 +134,94 @@ impl Default for Web {
         Self {
             listen_address: ":9847".into(),
             telemetry_path: "/metrics".into(),
+            config_file: String::new(),
+            header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 64,
+            max_requests: 40,
         }
     }
+}
+
+impl Web {
+    /// `header_read_timeout` as a duration (checked by `validate`).
+    pub fn header_read_timeout(&self) -> Result<Duration, String> {
+        parse_duration("web.header_read_timeout", &self.header_read_timeout)
+    }
+
+    /// `idle_timeout` as a duration (checked by `validate`).
+    pub fn idle_timeout(&self) -> Result<Duration, String> {
+        parse_duration("web.idle_timeout", &self.idle_timeout)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        parse_listen_address(&self.listen_address)?;
+        check_telemetry_path(&self.telemetry_path)?;
+        self.header_read_timeout()?;
+        self.idle_timeout()?;
+        if self.max_connections == 0 {
+            return Err("web.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A positive duration in humantime's syntax ("10s", "1m30s", "250ms"); `key` names
+/// the setting in the error.
+fn parse_duration(key: &str, s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("{key} {s:?} must be more than 0")),
+        Err(e) => Err(format!(
+            "{key} {s:?} is not a duration ({e}): write it as, e.g., \"10s\" or \"500ms\""
+        )),
+    }
+}
+
+/// Paths the server answers besides the telemetry path: "/" (the landing page),
+/// "/healthz", and everything under "/api/".
+const RESERVED_PATHS: [&str; 2] = ["/", "/healthz"];
+
+/// Checks that the telemetry path is a clean path the router can take as a route of
+/// its own: it starts with '/', has no empty, "." or ".." segment and no trailing '/',
+/// uses only letters, digits and `-._~!$&'()+,;=@:` (':' not at a segment's start:
+/// route syntax), and is not "/", "/healthz", "/api" or under "/api/".
+pub fn check_telemetry_path(p: &str) -> Result<(), String> {
+    let fix = "use a path such as \"/metrics\"";
+    if RESERVED_PATHS.contains(&p) || p == "/api" || p.starts_with("/api/") {
+        return Err(format!(
+            "web.telemetry_path {p:?} collides with a route memwatch serves itself (/, \
+             /healthz, /api/...): {fix}"
+        ));
+    }
+    let Some(rest) = p.strip_prefix('/') else {
+        return Err(format!(
+            "web.telemetry_path {p:?} must start with '/': {fix}"
+        ));
+    };
+    for seg in rest.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!(
+                "web.telemetry_path {p:?} is not a clean path (an empty, \".\" or \"..\" \
+                 segment, or a trailing '/'): {fix}"
+            ));
+        }
+        if seg.starts_with(':') {
+            return Err(format!(
+                "web.telemetry_path {p:?}: a segment starting with ':' is route syntax: {fix}"
+            ));
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "-._~!$&'()+,;=@:".contains(*c)))
+        {
+            return Err(format!(
+                "web.telemetry_path {p:?} has {c:?}, which a path here can't have (route \
+                 syntax such as {{ }} *, or a character that needs escaping): {fix}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,13 +431,7 @@ impl Config {
 
     /// Checks values that parse but can't work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        parse_listen_address(&self.web.listen_address).map_err(ConfigError::Invalid)?;
-        if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path == "/healthz" {
-            return Err(ConfigError::Invalid(format!(
-                "web.telemetry_path {:?} must start with '/' and must not be /healthz",
-                self.web.telemetry_path
-            )));
-        }
+        self.web.validate().map_err(ConfigError::Invalid)?;
         let t = self.collectors.timeout_seconds;
         if !(0.001..=600.0).contains(&t) {
             return Err(ConfigError::Invalid(format!(
@@ -497,6 +602,75 @@ mod tests {
         .unwrap();
         let err = Config::from_toml("[collectors]\nvmstats = true\n", "x").unwrap_err();
         assert!(err.to_string().contains("vmstats"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_paths() {
+        for ok in [
+            "/metrics",
+            "/a/b",
+            "/metrics.txt",
+            "/x:y",
+            "/api2",
+            "/~u/m-1_2",
+        ] {
+            check_telemetry_path(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, why) in [
+            ("/", "collides"),
+            ("/healthz", "collides"),
+            ("/api", "collides"),
+            ("/api/episodes", "collides"),
+            ("/api/x", "collides"),
+            ("metrics", "start with '/'"),
+            ("", "start with '/'"),
+            ("//metrics", "clean"),
+            ("/metrics/", "clean"),
+            ("/a/../b", "clean"),
+            ("/./m", "clean"),
+            ("/{x}", "'{'"),
+            ("/m}", "'}'"),
+            ("/*rest", "'*'"),
+            ("/a/*", "'*'"),
+            ("/:id", "':'"),
+            ("/m?x=1", "'?'"),
+            ("/m#x", "'#'"),
+            ("/m etrics", "' '"),
+            ("/m%20", "'%'"),
+            ("/m\n", "'\\n'"),
+            ("/mé", "'é'"),
+        ] {
+            let e = check_telemetry_path(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let e = Config::from_toml("[web]\ntelemetry_path = \"/\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("telemetry_path"), "{e}");
+    }
+
+    #[test]
+    fn web_limits() {
+        let cfg = Config::default();
+        assert_eq!(
+            cfg.web.header_read_timeout().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(cfg.web.idle_timeout().unwrap(), Duration::from_secs(60));
+        let cfg = Config::from_toml("[web]\nheader_read_timeout = \"250ms\"\n", "x").unwrap();
+        assert_eq!(
+            cfg.web.header_read_timeout().unwrap(),
+            Duration::from_millis(250)
+        );
+        for (toml, key) in [
+            ("header_read_timeout = \"10\"", "header_read_timeout"),
+            ("header_read_timeout = \"0s\"", "more than 0"),
+            ("idle_timeout = \"soon\"", "idle_timeout"),
+            ("max_connections = 0", "max_connections"),
+            ("max_requests = -1", "max_requests"),
+            ("config_flie = \"x\"", "config_flie"),
+        ] {
+            let e = Config::from_toml(&format!("[web]\n{toml}\n"), "x").unwrap_err();
+            assert!(e.to_string().contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -92,7 +92,9 @@ pub fn run(cfg: Config, host: Arc<Host>, reload: Reloader) -> Result<(), Fatal> 
         .max_blocking_threads(4)
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve_until_stopped(cfg, host, addr, reload));
+    // A bad web config file (or [web] limit) stops the start here, before anything binds.
+    let web = server::Web::new(&cfg.web).map_err(Fatal::Usage)?;
+    let result = runtime.block_on(serve_until_stopped(cfg, host, addr, web, reload));
     // A collector stuck on a read runs on a thread of its own and is not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -102,6 +104,7 @@ async fn serve_until_stopped(
     mut cfg: Config,
     host: Arc<Host>,
     addr: std::net::SocketAddr,
+    web: server::Web,
     reload: Reloader,
 ) -> Result<(), Fatal> {
     let mut signals = lifecycle::Signals::install().context("installing signal handlers")?;
@@ -131,7 +134,12 @@ async fn serve_until_stopped(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    log::info!("serving {} on http://{local}", cfg.web.telemetry_path);
+    log::info!(
+        "serving {} on {}://{local}",
+        cfg.web.telemetry_path,
+        web.scheme()
+    );
+    registry.register(Box::new(web.collector()));
     let registry = Arc::new(registry);
     health.watch_registry(registry.clone());
     let state = server::AppState {
@@ -140,9 +148,9 @@ async fn serve_until_stopped(
         health: health.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let path = cfg.web.telemetry_path.clone();
+    let web_config = web.config.clone();
     let mut server = tokio::spawn(async move {
-        server::serve(listener, state, &path, async {
+        server::serve(listener, state, &web, async {
             let _ = stop_rx.await;
         })
         .await
@@ -153,7 +161,10 @@ async fn serve_until_stopped(
         tokio::select! {
             request = signals.next() => match request {
                 lifecycle::Request::Stop(why) => break why,
-                lifecycle::Request::Reload => apply_reload(&mut cfg, &reload),
+                lifecycle::Request::Reload => {
+                    apply_reload(&mut cfg, &reload);
+                    reload_web_config(&web_config).await;
+                }
             },
             served = &mut server => {
                 let e = match served {
@@ -226,6 +237,19 @@ fn apply_reload(running: &mut Config, reload: &Reloader) {
              memwatch): {}",
             show(&restart)
         );
+    }
+}
+
+/// SIGHUP: reads the web config file again (TLS, users, headers) for new
+/// connections; on an error the running one stays.
+async fn reload_web_config(handle: &server::WebConfigHandle) {
+    let h = handle.clone();
+    // It reads files and hashes a dummy password: off the reactor.
+    match tokio::task::spawn_blocking(move || h.reload()).await {
+        Ok(Ok(changed)) if changed.0.is_empty() => log::debug!("SIGHUP: web config: {changed}"),
+        Ok(Ok(changed)) => log::info!("SIGHUP: web config: {changed}"),
+        Ok(Err(e)) => log::error!("SIGHUP: web config: {e}; keeping the running one"),
+        Err(e) => log::error!("SIGHUP: web config reload failed: {e}"),
     }
 }
 

@@ -54,6 +54,21 @@ pub fn fork_report(args: ForkReportArgs) -> Result<(), Fatal> {
                 .with_context(|| format!("{} did not answer like memwatch", args.url))?;
             from_daemon(&args, &url, resp)
         }
+        // Something answered, but not with episodes: say what, instead of attaching
+        // probes beside a daemon that runs.
+        Err(e) if !nobody_listens(&e) => Err(Fatal::Runtime(anyhow::anyhow!(
+            "the daemon at {} answered, but not with episodes: {e}{}",
+            args.url,
+            match e {
+                ureq::Error::StatusCode(401) =>
+                    " (its web config asks for credentials: fork-report sends none; use \
+                     curl -u USER https://HOST:9847/api/episodes)",
+                ureq::Error::StatusCode(_) => "",
+                _ =>
+                    " (fork-report speaks plain HTTP; against a TLS port use curl --cacert \
+                       CA https://HOST:9847/api/episodes)",
+            }
+        ))),
         Err(e) => {
             eprintln!(
                 "memwatch: no daemon at {} ({e}); attaching probes of my own, waiting for {}",
@@ -67,6 +82,15 @@ pub fn fork_report(args: ForkReportArgs) -> Result<(), Fatal> {
             with_own_probes(&args)
         }
     }
+}
+
+/// Whether a request failed because no daemon is there (nothing listens, no such host)
+/// rather than because one answered with something else.
+fn nobody_listens(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound
+    )
 }
 
 /// The body of a GET that answered 200.

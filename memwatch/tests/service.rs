@@ -137,6 +137,10 @@ fn unit_verifies() {
         ["/bin/kill", "-HUP", "$MAINPID"]
     );
     assert_eq!(unit_values(UNIT, "NoNewPrivileges"), ["yes"]);
+    // Room for the default connection limit and the ~90 BPF descriptors.
+    let nofile: u64 = unit_values(UNIT, "LimitNOFILE")[0].parse().unwrap();
+    let max_connections = memwatch::config::Config::default().web.max_connections as u64;
+    assert!(nofile >= max_connections + 256, "LimitNOFILE={nofile}");
     assert_eq!(unit_values(UNIT, "DynamicUser"), ["yes"]);
     let ambient = unit_values(UNIT, "AmbientCapabilities");
     assert_eq!(ambient, unit_values(UNIT, "CapabilityBoundingSet"));
