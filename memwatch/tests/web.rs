@@ -465,6 +465,47 @@ fn basic_auth_and_fixed_headers() {
     assert_eq!(rejected(&m, "auth"), 5.0);
 }
 
+// Fails on the old code: SIGHUP killed the daemon.
+/// SIGHUP reads the web config file again: a new user set takes effect for new
+/// connections, and a broken file keeps the running one.
+#[test]
+fn sighup_reloads_the_web_config_and_keeps_it_on_an_error() {
+    let dir = TempDir::new("reload");
+    let users = |u: &str| {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        format!("basic_auth_users:\n  {u}: {hash}\n")
+    };
+    let web = dir.write("web.yml", &users("alice"));
+    let cfg = agent_toml(
+        &dir,
+        &format!("config_file = {:?}", web.display().to_string()),
+    );
+    let agent = start(&[&format!("--config={}", cfg.display())], plain_ready);
+    let url = format!("http://127.0.0.1:{}/metrics", agent.port);
+    let status = |user: &str| curl(&dir, &[&url, "-u", user]).status;
+    assert_eq!(status("alice:pw"), 200);
+    assert_eq!(status("bob:pw"), 401);
+    let hup = || {
+        // SAFETY: signalling the agent we started, by its pid.
+        assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    };
+    let logged = |what: &str, n: usize| {
+        eventually(120, || (count(&agent.log_text(), what) >= n).then_some(()))
+            .unwrap_or_else(|| panic!("no {what:?} in the log:\n{}", agent.log_text()));
+    };
+    std::fs::write(&web, users("bob")).unwrap();
+    hup();
+    logged("SIGHUP: web config: changed", 1);
+    assert_eq!(status("bob:pw"), 200);
+    assert_eq!(status("alice:pw"), 401);
+    std::fs::write(&web, "basic_auth_users:\n  bob: not-a-bcrypt-hash\n").unwrap();
+    hup();
+    logged("keeping the running one", 1);
+    assert_eq!(status("bob:pw"), 200);
+    let mut agent = agent;
+    assert!(agent.exited().is_none());
+}
+
 /// Runs memwatch to completion with `args`: (exit code, stderr).
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(common::bin())
