@@ -1055,7 +1055,8 @@ impl Backwards {
             if let Some(&before) = self.prev.get(&key) {
                 if s.value < before {
                     self.times += 1;
-                    if self.examples.len() < 5 {
+                    // One example per series.
+                    if self.examples.len() < 5 && !self.series.contains(&key) {
                         self.examples.push(format!(
                             "`{key}` {} to {} at {t:.0} s",
                             fmt_value(before),
@@ -1516,7 +1517,10 @@ fn rung_summary(samples: &[Sample]) -> String {
     }
     modes
         .iter()
-        .map(|(m, n)| format!("{n} on {m}"))
+        .map(|(m, n)| match m.as_str() {
+            "none" => format!("{n} not attached"),
+            _ => format!("{n} on {m}"),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -1881,8 +1885,8 @@ mod tests {
             ["memwatch_table_evictions_total{table=\"procs\"}"]
         );
         assert_eq!(
-            b.examples[0],
-            "`memwatch_table_evictions_total{table=\"procs\"}` 2 to 1 at 2 s"
+            b.examples,
+            ["`memwatch_table_evictions_total{table=\"procs\"}` 2 to 1 at 2 s"]
         );
     }
 
