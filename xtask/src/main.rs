@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures`.
+//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures | bench`.
 
 mod bench;
 mod install;
