@@ -1410,14 +1410,26 @@ fn watch(args: &SoakArgs, memwatch: &mut Memwatch, seconds: f64) -> Result<Watch
         backwards: Backwards::default(),
         died: None,
     };
-    let every = (args.sample_seconds / args.scrape_seconds).round().max(1.0) as u64;
     let total = (seconds / args.scrape_seconds).floor() as u64;
     let mut next_report = 60.0;
-    for k in 0..=total {
+    let mut next_sample = 0.0;
+    let mut k: u64 = 0;
+    loop {
+        // A tick that a slow scrape ran past (by more than half an interval) is
+        // skipped, as Prometheus does, instead of scraping twice in a row.
+        let late = start.elapsed().as_secs_f64() / args.scrape_seconds;
+        if late > k as f64 + 0.5 {
+            k = late.floor() as u64 + 1;
+        }
+        if k > total {
+            break;
+        }
         sleep_until(start + Duration::from_secs_f64(k as f64 * args.scrape_seconds));
         if stopping() {
             break;
         }
+        let last = k == total;
+        k += 1;
         let t = start.elapsed().as_secs_f64();
         w.seconds = t;
         if let Some(status) = memwatch.child.try_wait()? {
@@ -1461,7 +1473,10 @@ fn watch(args: &SoakArgs, memwatch: &mut Memwatch, seconds: f64) -> Result<Watch
             let m = w.max_tables.entry(key.clone()).or_insert(*v);
             *m = m.max(*v);
         }
-        if k % every == 0 || k == total {
+        if t + 0.5 * args.scrape_seconds >= next_sample || last {
+            while next_sample <= t + 0.5 * args.scrape_seconds {
+                next_sample += args.sample_seconds;
+            }
             let proc = match proc_sample(memwatch.pid()) {
                 Ok(p) => p,
                 Err(e) => {
