@@ -303,7 +303,12 @@ fn kubernetes_manifests_validate() {
     }
     // Core resources strictly (unknown fields fail), against the schemas
     // kubernetes-validate bundles for 1.29: no network.
-    let core = ["namespace.yaml", "daemonset.yaml", "service.yaml"];
+    let core = [
+        "namespace.yaml",
+        "daemonset.yaml",
+        "service.yaml",
+        "networkpolicy.yaml",
+    ];
     let out = run_checked(
         Command::new(&kv)
             .current_dir(&dir)
@@ -336,6 +341,103 @@ fn kubernetes_manifests_validate() {
     );
     print!("{out}");
     assert!(out.contains("INFO podmonitor.yaml passed"), "{out}");
+}
+
+/// The venv python that kubernetes-validate brings (with PyYAML), or a skip line.
+fn venv_python(test: &str) -> Option<PathBuf> {
+    let python = repo().join("target/tools/venv/bin/python");
+    tool(test, "the kubernetes-validate venv's python", &[python])
+}
+
+/// deploy/kubernetes/check_networkpolicy.py on `policy` and `daemonset`: exit status
+/// and output.
+fn check_policy(python: &Path, policy: &Path, daemonset: &Path) -> (bool, String) {
+    let out = Command::new(python)
+        .arg(repo().join("deploy/kubernetes/check_networkpolicy.py"))
+        .args([policy, daemonset])
+        .output()
+        .expect("running check_networkpolicy.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The NetworkPolicy selects the DaemonSet's pods, which are on the pod network (so
+/// CNIs enforce it), and admits only the Prometheus peer (namespace AND pod selector)
+/// on the metrics port, with no egress. The checker is shown to know the answer: each
+/// classic mistake, made in a copy of the real files, fails it with its reason.
+#[test]
+fn network_policy_admits_only_prometheus() {
+    let test = "network_policy_admits_only_prometheus";
+    let dir = repo().join("deploy/kubernetes");
+    if !dir.is_dir() {
+        println!("SKIP {test}: no source tree at {}", dir.display());
+        return;
+    }
+    let Some(python) = venv_python(test) else {
+        return;
+    };
+    let policy_path = dir.join("networkpolicy.yaml");
+    let ds_path = dir.join("daemonset.yaml");
+    let (ok, out) = check_policy(&python, &policy_path, &ds_path);
+    print!("{out}");
+    assert!(ok && out.starts_with("INFO "), "{out}");
+
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let ds = std::fs::read_to_string(&ds_path).unwrap();
+    let prometheus_peer = "          podSelector:\n            matchLabels:\n              app.kubernetes.io/name: prometheus\n";
+    assert!(policy.contains(prometheus_peer), "{policy}");
+    let broken_policies = [
+        (
+            "the peer's selectors as two items (either admits)",
+            policy.replace(
+                prometheus_peer,
+                &prometheus_peer.replacen("          podSelector", "        - podSelector", 1),
+            ),
+            "needs both a non-empty namespaceSelector and podSelector",
+        ),
+        (
+            "another port",
+            policy.replace("port: 9847", "port: 9848"),
+            "not only the metrics port",
+        ),
+        (
+            "selecting other pods",
+            policy.replacen(
+                "      app.kubernetes.io/name: memwatch",
+                "      app.kubernetes.io/name: memwatch-other",
+                1,
+            ),
+            "does not select the DaemonSet's pods",
+        ),
+        (
+            "egress allowed",
+            policy.replace("egress: []", "egress:\n    - {}"),
+            "egress rules allow traffic out",
+        ),
+    ];
+    for (what, text, reason) in broken_policies {
+        assert_ne!(text, policy, "{what}: the edit did not apply");
+        let bad = TempFile::new("networkpolicy.yaml", &text);
+        let (ok, out) = check_policy(&python, &bad.0, &ds_path);
+        assert!(!ok && out.contains(reason), "{what}: {out}");
+    }
+    assert!(ds.contains("      hostPID: true\n"), "{ds}");
+    let host_network = TempFile::new(
+        "daemonset.yaml",
+        &ds.replace(
+            "      hostPID: true\n",
+            "      hostPID: true\n      hostNetwork: true\n",
+        ),
+    );
+    let (ok, out) = check_policy(&python, &policy_path, &host_network.0);
+    assert!(
+        !ok && out.contains("uses hostNetwork"),
+        "hostNetwork: {out}"
+    );
 }
 
 // ------------------------------------------------------------------ live Prometheus

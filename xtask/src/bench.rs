@@ -310,7 +310,7 @@ fn cow_mapping() -> Result<&'static mut [u8]> {
 }
 
 /// The running kernel's release (`uname -r`), empty if unknown.
-fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
 }
 
@@ -428,7 +428,7 @@ fn which(program: &str) -> bool {
 }
 
 /// Today's date (UTC) without a date crate.
-fn today() -> String {
+pub(crate) fn today() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
@@ -557,7 +557,7 @@ impl Drop for Exporter {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -602,7 +602,7 @@ fn cpu_clock(pid: u32) -> Result<Duration> {
 }
 
 /// utime + stime from /proc/PID/stat, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest: Vec<&str> = stat
         .rsplit_once(')')
@@ -614,7 +614,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(rest[11].parse::<u64>()? + rest[12].parse::<u64>()?)
 }
 
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }

@@ -1,9 +1,10 @@
-//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures`.
+//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures | bench`.
 
 mod bench;
 mod install;
 mod load;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -89,6 +90,10 @@ enum BenchKind {
         #[arg(long)]
         no_write: bool,
     },
+    /// memwatch for N minutes under process churn (watched and distinct names, fork
+    /// episodes, exec), memory-cgroup churn and a scrape every second: RSS over time,
+    /// scrape latency and errors, table occupancy and evictions (root).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +129,7 @@ fn real_main() -> Result<()> {
             match which {
                 BenchKind::Overhead => bench::overhead(),
                 BenchKind::Scrape { scrapes, no_write } => bench::scrape(scrapes, !no_write),
+                BenchKind::Soak(args) => soak::run(&args),
             }
         }
         Task::Test(args) => test(&args),
