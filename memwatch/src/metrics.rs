@@ -1,6 +1,11 @@
 //! Small builders for Prometheus metric families, so collectors read as lists of
 //! samples instead of protobuf plumbing.
 
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
@@ -438,6 +443,80 @@ pub fn push_int(out: &mut String, v: i64) {
     }
     // ASCII digits.
     out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+/// The figures of one bounded table of memwatch's own (userspace state keyed by
+/// something the host's users control: cgroups, comms, pids, episodes), set by the
+/// table's owner and exported in `memwatch_table_entries`, `memwatch_table_max_entries`
+/// and `memwatch_table_evictions_total`.
+#[derive(Debug, Default)]
+pub struct TableGauge {
+    entries: AtomicU64,
+    capacity: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl TableGauge {
+    /// A table that holds at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        let t = Self::default();
+        t.set_capacity(capacity);
+        t
+    }
+
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity as u64, Ordering::Relaxed);
+    }
+
+    /// The entries the table holds now.
+    pub fn set_entries(&self, n: usize) {
+        self.entries.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` entries evicted to stay within the capacity.
+    pub fn evicted(&self, n: u64) {
+        if n > 0 {
+            self.evictions.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// (entries, capacity, evictions).
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.entries.load(Ordering::Relaxed),
+            self.capacity.load(Ordering::Relaxed),
+            self.evictions.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// memwatch's own bounded tables, by name, shared between their owners and the
+/// collector that exports them (one family per figure, whoever owns the table).
+#[derive(Clone, Default)]
+pub struct Tables(Arc<Mutex<Vec<NamedTable>>>);
+
+/// A table and its name (the `table` label).
+type NamedTable = (&'static str, Arc<TableGauge>);
+
+impl Tables {
+    /// Adds a table (a second one of the same name replaces the first).
+    pub fn add(&self, name: &'static str, table: Arc<TableGauge>) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|(n, _)| *n != name);
+        v.push((name, table));
+        v.sort_by_key(|(n, _)| *n);
+    }
+
+    /// Every table's (name, entries, capacity, evictions), by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .map(|(n, t)| {
+                let (e, c, x) = t.get();
+                (*n, e, c, x)
+            })
+            .collect()
+    }
 }
 
 /// FNV-1a, 64 bits: a fast hash for the short family names.
