@@ -589,6 +589,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tables_by_name_with_their_figures() {
+        let t = Tables::default();
+        let a = Arc::new(TableGauge::new(4));
+        t.add("zeta", Arc::new(TableGauge::new(1)));
+        t.add("alpha", a.clone());
+        a.set_entries(3);
+        a.evicted(2);
+        a.evicted(0);
+        assert_eq!(t.snapshot(), [("alpha", 3, 4, 2), ("zeta", 0, 1, 0)]);
+        // A second table of a name replaces the first.
+        t.add("alpha", Arc::new(TableGauge::new(9)));
+        assert_eq!(t.snapshot()[0], ("alpha", 0, 9, 0));
+    }
+
+    /// Label values with every character the text format escapes, and the ones it
+    /// does not need to.
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        let mut t = Text::default();
+        assert!(t.family("x_total", "X.", Kind::Counter));
+        t.sample("x_total", &[("comm", "a\"b"), ("k", "back\\slash")], 1.0);
+        t.sample(
+            "x_total",
+            &[("comm", "new\nline"), ("k", "{brace}=,\u{fffd}")],
+            2.0,
+        );
+        assert_eq!(
+            t.as_str(),
+            "# HELP x_total X.\n# TYPE x_total counter\n\
+             x_total{comm=\"a\\\"b\",k=\"back\\\\slash\"} 1\n\
+             x_total{comm=\"new\\nline\",k=\"{brace}=,\u{fffd}\"} 2\n"
+        );
+    }
+
     /// Protobuf families come out as the prometheus crate's encoder writes them.
     #[test]
     fn families_match_the_crate_encoder() {

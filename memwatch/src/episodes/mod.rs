@@ -387,7 +387,7 @@ impl Tracker {
             let Some(child) = victim else { return };
             if let Some(a) = self.active.remove(&child) {
                 log::debug!(
-                    "fork episode {} of {} ({}) evicted: tables.episode_active_max_entries = {cap} \
+                    "fork episode {} of {} ({:?}) evicted: tables.episode_active_max_entries = {cap} \
                      episodes are running",
                     a.episode.id,
                     a.episode.pid,
@@ -462,7 +462,7 @@ impl Tracker {
         };
         self.next_id += 1;
         log::info!(
-            "fork episode {} started: {} ({}) forked {} in {:.1} ms",
+            "fork episode {} started: {} ({:?}) forked {} in {:.1} ms",
             episode.id,
             episode.pid,
             episode.comm,
