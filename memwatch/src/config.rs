@@ -48,8 +48,23 @@ hooks = []
 # Rows per in-kernel per-process table (LRU: the least recently active process is
 # evicted when full, and evictions are counted).
 process_max_entries = 10240
-# Processes exported with their own pid/comm labels; the rest are summed in "other".
+# Processes exported with their own pid/comm labels; the rest are summed in the
+# aggregate row (pid="other", comm="(other processes)").
 process_top_n = 50
+# memwatch's own tables of things the host's users control, each with a cap; the
+# evictions are counted in memwatch_table_evictions_total{table}.
+# Per-cgroup totals (table "cgroups"): the cgroup that grew least recently is evicted
+# (its counts then live on in cgroup="other"; should it grow again it starts over).
+cgroup_max_entries = 1024
+# Running fork episodes (table "episodes_active"): when full, a new fork evicts the
+# oldest running episode of the parent with the most running episodes.
+episode_active_max_entries = 256
+# Finished episodes kept for /api/episodes and fork-report (table
+# "episodes_finished"): the oldest is evicted.
+episode_finished_max_entries = 256
+# Watched command names with episode metrics (table "episode_comms"): the name whose
+# last episode ended least recently is evicted, with its series.
+episode_comm_max_entries = 64
 
 [episodes]
 # Forks of these processes become fork episodes (fork to child exit): by comm pattern
@@ -306,6 +321,10 @@ impl fmt::Display for ProbeMode {
 pub struct Tables {
     pub process_max_entries: u32,
     pub process_top_n: usize,
+    pub cgroup_max_entries: usize,
+    pub episode_active_max_entries: usize,
+    pub episode_finished_max_entries: usize,
+    pub episode_comm_max_entries: usize,
 }
 
 impl Default for Tables {
@@ -313,7 +332,33 @@ impl Default for Tables {
         Self {
             process_max_entries: 10240,
             process_top_n: 50,
+            cgroup_max_entries: 1024,
+            episode_active_max_entries: 256,
+            episode_finished_max_entries: 256,
+            episode_comm_max_entries: 64,
         }
+    }
+}
+
+/// The largest cap a userspace table takes: more is a typo, not a plan (each entry
+/// costs memory and, for cgroups and comms, series).
+const TABLE_CAP_MAX: usize = 1 << 20;
+
+impl Tables {
+    /// The caps of memwatch's own tables, by key.
+    fn caps(&self) -> [(&'static str, usize); 4] {
+        [
+            ("cgroup_max_entries", self.cgroup_max_entries),
+            (
+                "episode_active_max_entries",
+                self.episode_active_max_entries,
+            ),
+            (
+                "episode_finished_max_entries",
+                self.episode_finished_max_entries,
+            ),
+            ("episode_comm_max_entries", self.episode_comm_max_entries),
+        ]
     }
 }
 
@@ -444,6 +489,19 @@ impl Config {
                 "tables.process_max_entries must be at least 1".into(),
             ));
         }
+        for (key, cap) in self.tables.caps() {
+            if cap == 0 || cap > TABLE_CAP_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "tables.{key} = {cap}: a cap must be between 1 and {TABLE_CAP_MAX} \
+                     (the default is {})",
+                    Tables::default()
+                        .caps()
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map_or(0, |(_, d)| *d)
+                )));
+            }
+        }
         if self.processes.max_processes == 0 {
             return Err(ConfigError::Invalid(
                 "processes.max_processes must be at least 1 (turn the collector off with \
@@ -572,6 +630,23 @@ mod tests {
         assert!(err.to_string().contains("process_max_entries"), "{err}");
         let err = Config::from_toml("[tables]\nprocess_top_n = -1\n", "x").unwrap_err();
         assert!(err.to_string().contains("process_top_n"), "{err}");
+        for key in [
+            "cgroup_max_entries",
+            "episode_active_max_entries",
+            "episode_finished_max_entries",
+            "episode_comm_max_entries",
+        ] {
+            for bad in ["0", "2000000"] {
+                let err = Config::from_toml(&format!("[tables]\n{key} = {bad}\n"), "x")
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key) && err.contains("between 1 and"), "{err}");
+            }
+            let err = Config::from_toml(&format!("[tables]\n{key} = -1\n"), "x").unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+            let ok = Config::from_toml(&format!("[tables]\n{key} = 3\n"), "x").unwrap();
+            assert!(ok.tables.caps().contains(&(key, 3)), "{key}");
+        }
         let err = Config::from_toml("[processes]\nmax_processes = 0\n", "x").unwrap_err();
         assert!(err.to_string().contains("max_processes"), "{err}");
         let err = Config::from_toml("[processes]\ncomm = [\"redis-server-sentinel\"]\n", "x")

@@ -413,17 +413,14 @@ pub async fn start_probes(
     let cow = probes::cow::episode_source(&hooks);
     let forks = probes::fork::episodes_possible(&hooks);
     let mut tracker = None;
-    match collectors::bpf::Bpf::new(
-        &mut a.ebpf,
-        hooks,
-        cfg.tables.process_top_n,
-        cfg.tables.process_max_entries,
-        host.clone(),
-    ) {
+    match collectors::bpf::Bpf::new(&mut a.ebpf, hooks, &cfg.tables, host.clone()) {
         Ok(c) => {
             if forks {
                 match start_episodes(&mut a.ebpf, cfg, host, cow, c.rows(), health) {
                     Ok(t) => {
+                        t.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .bound(&cfg.tables, &c.tables());
                         registry.register(Box::new(collectors::episodes::Episodes::new(t.clone())));
                         tracker = Some(t);
                     }

@@ -117,10 +117,13 @@ impl Host {
         self.procfs.join(pid.to_string()).exists()
     }
 
-    /// The comm of `pid` (its /proc/PID/comm without the newline), if it is alive.
+    /// The comm of `pid` (its /proc/PID/comm without the one newline the kernel adds;
+    /// bytes that are not UTF-8 become U+FFFD, as in the kernel's own rows), if it is
+    /// alive.
     pub fn comm(&self, pid: u32) -> Option<String> {
-        let text = std::fs::read_to_string(self.pid_file(pid, "comm")).ok()?;
-        Some(text.trim_end_matches('\n').to_string())
+        let bytes = std::fs::read(self.pid_file(pid, "comm")).ok()?;
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        Some(String::from_utf8_lossy(bytes).into_owned())
     }
 
     /// The /proc/PID/status of `pid`, if it is alive.
@@ -130,7 +133,8 @@ impl Host {
 
     /// The /proc/PID/cgroup of `pid`, if it is alive.
     pub fn cgroup_file(&self, pid: u32) -> Option<String> {
-        std::fs::read_to_string(self.pid_file(pid, "cgroup")).ok()
+        let bytes = std::fs::read(self.pid_file(pid, "cgroup")).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The memory cgroup of `pid` (its path in the memory controller's hierarchy).

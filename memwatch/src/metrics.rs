@@ -1,6 +1,11 @@
 //! Small builders for Prometheus metric families, so collectors read as lists of
 //! samples instead of protobuf plumbing.
 
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
@@ -483,6 +488,80 @@ pub fn push_int(out: &mut String, v: i64) {
     out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
+/// The figures of one bounded table of memwatch's own (userspace state keyed by
+/// something the host's users control: cgroups, comms, pids, episodes), set by the
+/// table's owner and exported in `memwatch_table_entries`, `memwatch_table_max_entries`
+/// and `memwatch_table_evictions_total`.
+#[derive(Debug, Default)]
+pub struct TableGauge {
+    entries: AtomicU64,
+    capacity: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl TableGauge {
+    /// A table that holds at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        let t = Self::default();
+        t.set_capacity(capacity);
+        t
+    }
+
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity as u64, Ordering::Relaxed);
+    }
+
+    /// The entries the table holds now.
+    pub fn set_entries(&self, n: usize) {
+        self.entries.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` entries evicted to stay within the capacity.
+    pub fn evicted(&self, n: u64) {
+        if n > 0 {
+            self.evictions.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// (entries, capacity, evictions).
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.entries.load(Ordering::Relaxed),
+            self.capacity.load(Ordering::Relaxed),
+            self.evictions.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// memwatch's own bounded tables, by name, shared between their owners and the
+/// collector that exports them (one family per figure, whoever owns the table).
+#[derive(Clone, Default)]
+pub struct Tables(Arc<Mutex<Vec<NamedTable>>>);
+
+/// A table and its name (the `table` label).
+type NamedTable = (&'static str, Arc<TableGauge>);
+
+impl Tables {
+    /// Adds a table (a second one of the same name replaces the first).
+    pub fn add(&self, name: &'static str, table: Arc<TableGauge>) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|(n, _)| *n != name);
+        v.push((name, table));
+        v.sort_by_key(|(n, _)| *n);
+    }
+
+    /// Every table's (name, entries, capacity, evictions), by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .map(|(n, t)| {
+                let (e, c, x) = t.get();
+                (*n, e, c, x)
+            })
+            .collect()
+    }
+}
+
 /// FNV-1a, 64 bits: a fast hash for the short family names.
 fn fnv1a(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -550,6 +629,41 @@ mod tests {
             "# HELP a_total line\\nback\\\\slash\n# TYPE a_total counter\n\
              a_total{l=\"q\\\"x\\\\\\n\"} 1\n\
              # HELP b h\n# TYPE b gauge\nb{x=\"1\"} 2.5\n"
+        );
+    }
+
+    #[test]
+    fn tables_by_name_with_their_figures() {
+        let t = Tables::default();
+        let a = Arc::new(TableGauge::new(4));
+        t.add("zeta", Arc::new(TableGauge::new(1)));
+        t.add("alpha", a.clone());
+        a.set_entries(3);
+        a.evicted(2);
+        a.evicted(0);
+        assert_eq!(t.snapshot(), [("alpha", 3, 4, 2), ("zeta", 0, 1, 0)]);
+        // A second table of a name replaces the first.
+        t.add("alpha", Arc::new(TableGauge::new(9)));
+        assert_eq!(t.snapshot()[0], ("alpha", 0, 9, 0));
+    }
+
+    /// Label values with every character the text format escapes, and the ones it
+    /// does not need to.
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        let mut t = Text::default();
+        assert!(t.family("x_total", "X.", Kind::Counter));
+        t.sample("x_total", &[("comm", "a\"b"), ("k", "back\\slash")], 1.0);
+        t.sample(
+            "x_total",
+            &[("comm", "new\nline"), ("k", "{brace}=,\u{fffd}")],
+            2.0,
+        );
+        assert_eq!(
+            t.as_str(),
+            "# HELP x_total X.\n# TYPE x_total counter\n\
+             x_total{comm=\"a\\\"b\",k=\"back\\\\slash\"} 1\n\
+             x_total{comm=\"new\\nline\",k=\"{brace}=,\u{fffd}\"} 2\n"
         );
     }
 

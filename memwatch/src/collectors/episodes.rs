@@ -37,7 +37,7 @@ impl Collector for Episodes {
     }
 
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let t = self.tracker.lock().expect("tracker lock");
+        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         let mut count = Family::counter(
             "memwatch_fork_episodes_total",
             "Finished fork episodes (a watched process's fork to its child's exit).",

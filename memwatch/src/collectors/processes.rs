@@ -105,7 +105,8 @@ impl Processes {
         }
         if !self.comms.is_empty() && buf.read(&self.host.pid_file(pid, "comm")).is_ok() {
             let text = buf.text();
-            let comm = text.trim_end_matches('\n');
+            // The kernel adds one newline; a name may end in one of its own.
+            let comm = text.strip_suffix('\n').unwrap_or(&text);
             if self.comms.iter().any(|p| p.matches(comm)) {
                 return true;
             }
@@ -379,6 +380,47 @@ mod tests {
             ParseErrors::default(),
         );
         assert!(run(&c).contains("memwatch_watched_processes 3\n"));
+    }
+
+    /// Watched processes with names the text format must escape (and one that ends in a
+    /// newline of its own): a valid exposition, each under its own pid, as named.
+    #[test]
+    fn hostile_names_are_escaped() {
+        let dir = testutil::TempDir::new("processes-hostile");
+        let rollup = testutil::fixture("smaps_rollup/linux-6.18-host-sleep.txt");
+        let names = [
+            "redis-\"x",
+            "redis-\\y",
+            "redis-\nz",
+            "redis-{}",
+            "redis-a\n",
+        ];
+        for (i, comm) in names.iter().enumerate() {
+            let pid = 10 + i;
+            dir.write(&format!("{pid}/comm"), &format!("{comm}\n"));
+            dir.write(
+                &format!("{pid}/stat"),
+                &format!("{pid} ({comm}) S 1 1 1 0 -1 0 7 0 3 0 0 0\n"),
+            );
+            dir.write(&format!("{pid}/smaps_rollup"), &rollup);
+        }
+        let host = Arc::new(Host::new(dir.path(), dir.path()));
+        let cfg = config::Processes {
+            comm: vec!["redis-*".into()],
+            ..config::Processes::default()
+        };
+        let c = Processes::new(host, cfg, ParseErrors::default(), ParseErrors::default());
+        let text = run(&c);
+        for want in [
+            "memwatch_process_minor_faults_total{pid=\"10\",comm=\"redis-\\\"x\"} 7\n",
+            "memwatch_process_minor_faults_total{pid=\"11\",comm=\"redis-\\\\y\"} 7\n",
+            "memwatch_process_minor_faults_total{pid=\"12\",comm=\"redis-\\nz\"} 7\n",
+            "memwatch_process_minor_faults_total{pid=\"13\",comm=\"redis-{}\"} 7\n",
+            "memwatch_process_minor_faults_total{pid=\"14\",comm=\"redis-a\\n\"} 7\n",
+            "memwatch_watched_processes 5\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 
     proptest::proptest! {

@@ -18,14 +18,12 @@ use memwatch_common::{fault, proc, Event, EVENT_EXIT, EVENT_FORK};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::Episodes as Config,
+    config::{Episodes as Config, Tables as Caps},
     host::Host,
+    metrics::{TableGauge, Tables},
     parse::{comm_str, in_cgroup, CommPattern},
 };
 use context::HostContext;
-
-/// Finished episodes kept for `/api/episodes` and `fork-report`.
-const KEEP: usize = 256;
 
 /// A fork episode, as logged (one JSON object per line) and served.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -224,6 +222,38 @@ pub struct Stats {
     pub reclaim_seconds: Hist,
     pub throttle_seconds: Hist,
     pub last: Episode,
+    /// When `last` ended, in episodes ended so far (the cap evicts the lowest).
+    ended: u64,
+}
+
+/// The tracker's tables: each capped (`[tables]` `episode_*_max_entries`), with its
+/// figures for `memwatch_table_*`. A comm pattern matches any process that names
+/// itself so, and a watched process may fork as often as it likes: the caps keep a
+/// local user from growing memwatch's memory or its series.
+struct Bounds {
+    /// Running episodes: when full, a new fork evicts the oldest running episode of
+    /// the parent with the most running episodes (a parent with few, such as a Redis
+    /// with its one child, keeps its episode against one that forks many).
+    active: Arc<TableGauge>,
+    /// Finished episodes: the oldest goes.
+    finished: Arc<TableGauge>,
+    /// Per-comm metrics: the comm whose last episode ended least recently goes (its
+    /// series with it; should it come back, they start over).
+    comms: Arc<TableGauge>,
+}
+
+impl Bounds {
+    fn new(caps: &Caps) -> Self {
+        Self {
+            active: Arc::new(TableGauge::new(caps.episode_active_max_entries)),
+            finished: Arc::new(TableGauge::new(caps.episode_finished_max_entries)),
+            comms: Arc::new(TableGauge::new(caps.episode_comm_max_entries)),
+        }
+    }
+
+    fn cap(t: &TableGauge) -> usize {
+        (t.get().1 as usize).max(1)
+    }
 }
 
 /// Tracks episodes; owned by the agent behind a mutex.
@@ -238,6 +268,9 @@ pub struct Tracker {
     log: Option<Box<dyn Write + Send>>,
     /// Finished episodes per parent comm, for metrics.
     pub stats: std::collections::BTreeMap<String, Stats>,
+    /// Episodes ended so far.
+    ended: u64,
+    bounds: Bounds,
 }
 
 fn mono_ns() -> u64 {
@@ -304,7 +337,81 @@ impl Tracker {
             next_id: 1,
             log,
             stats: Default::default(),
+            ended: 0,
+            bounds: Bounds::new(&Caps::default()),
         })
+    }
+
+    /// Applies the caps of `[tables]` (the defaults until then) and adds the tracker's
+    /// tables to `tables`, for export.
+    pub fn bound(&mut self, caps: &Caps, tables: &Tables) {
+        let b = &self.bounds;
+        b.active.set_capacity(caps.episode_active_max_entries);
+        b.finished.set_capacity(caps.episode_finished_max_entries);
+        b.comms.set_capacity(caps.episode_comm_max_entries);
+        tables.add("episodes_active", b.active.clone());
+        tables.add("episodes_finished", b.finished.clone());
+        tables.add("episode_comms", b.comms.clone());
+        while self.finished.len() > Bounds::cap(&b.finished) {
+            self.finished.pop_front();
+            b.finished.evicted(1);
+        }
+        self.evict_comms();
+        self.update_entries();
+    }
+
+    fn update_entries(&self) {
+        self.bounds.active.set_entries(self.active.len());
+        self.bounds.finished.set_entries(self.finished.len());
+        self.bounds.comms.set_entries(self.stats.len());
+    }
+
+    /// Makes room for one more running episode: evicts the oldest running episode of
+    /// the parent with the most (ties: the parent whose oldest is older).
+    fn make_room(&mut self) {
+        let cap = Bounds::cap(&self.bounds.active);
+        while self.active.len() >= cap {
+            // parent -> (running episodes, oldest: (id, child)).
+            let mut by_parent: HashMap<u32, (usize, (u64, u32))> = HashMap::new();
+            for (&child, a) in &self.active {
+                let e = by_parent
+                    .entry(a.episode.pid)
+                    .or_insert((0, (a.episode.id, child)));
+                e.0 += 1;
+                e.1 = e.1.min((a.episode.id, child));
+            }
+            let victim = by_parent
+                .values()
+                .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
+                .map(|(_, (_, child))| *child);
+            let Some(child) = victim else { return };
+            if let Some(a) = self.active.remove(&child) {
+                log::debug!(
+                    "fork episode {} of {} ({:?}) evicted: tables.episode_active_max_entries = {cap} \
+                     episodes are running",
+                    a.episode.id,
+                    a.episode.pid,
+                    a.episode.comm
+                );
+                self.bounds.active.evicted(1);
+            }
+        }
+    }
+
+    /// Evicts per-comm metrics beyond the cap: the comm whose last episode ended least
+    /// recently first.
+    fn evict_comms(&mut self) {
+        let cap = Bounds::cap(&self.bounds.comms);
+        while self.stats.len() > cap {
+            let oldest = self
+                .stats
+                .iter()
+                .min_by_key(|(_, st)| st.ended)
+                .map(|(c, _)| c.clone());
+            let Some(comm) = oldest else { return };
+            self.stats.remove(&comm);
+            self.bounds.comms.evicted(1);
+        }
     }
 
     /// Handles one event from the kernel.
@@ -319,6 +426,7 @@ impl Tracker {
             }
             _ => {}
         }
+        self.update_entries();
     }
 
     fn on_fork(&mut self, ev: &Event, rows: &dyn RowSource) {
@@ -354,7 +462,7 @@ impl Tracker {
         };
         self.next_id += 1;
         log::info!(
-            "fork episode {} started: {} ({}) forked {} in {:.1} ms",
+            "fork episode {} started: {} ({:?}) forked {} in {:.1} ms",
             episode.id,
             episode.pid,
             episode.comm,
@@ -362,6 +470,9 @@ impl Tracker {
             episode.fork_latency_seconds * 1e3
         );
         let cow = self.cow.pages(&start);
+        if !self.active.contains_key(&ev.child) {
+            self.make_room();
+        }
         self.active.insert(
             ev.child,
             Active {
@@ -378,8 +489,11 @@ impl Tracker {
     pub fn sample(&mut self, rows: &dyn RowSource) {
         let now = mono_ns();
         let mut gone = Vec::new();
+        // Each parent's row once, however many children it has running.
+        let mut parents: HashMap<u32, Option<Counts>> = HashMap::new();
         for (child, a) in self.active.iter_mut() {
-            let Some(row) = rows.row(a.episode.pid) else {
+            let pid = a.episode.pid;
+            let Some(row) = *parents.entry(pid).or_insert_with(|| rows.row(pid)) else {
                 continue;
             };
             let cow = self.cow.pages(&row);
@@ -403,6 +517,7 @@ impl Tracker {
                 self.finish(a, now, None, rows);
             }
         }
+        self.update_entries();
     }
 
     fn finish(&mut self, a: Active, end_ns: u64, code: Option<u32>, rows: &dyn RowSource) {
@@ -458,16 +573,22 @@ impl Tracker {
                 reclaim_seconds: Hist::new(SECONDS_BUCKETS),
                 throttle_seconds: Hist::new(SECONDS_BUCKETS),
                 last: Episode::default(),
+                ended: 0,
             });
+        self.ended += 1;
+        st.ended = self.ended;
         st.fork_seconds.observe(episode.fork_latency_seconds);
         st.cow_bytes.observe(episode.cow_bytes() as f64);
         st.reclaim_seconds.observe(episode.reclaim_stall_seconds);
         st.throttle_seconds.observe(episode.dirty_throttle_seconds);
         st.last = episode.clone();
-        if self.finished.len() == KEEP {
+        self.evict_comms();
+        while self.finished.len() >= Bounds::cap(&self.bounds.finished) {
             self.finished.pop_front();
+            self.bounds.finished.evicted(1);
         }
         self.finished.push_back(episode);
+        self.update_entries();
     }
 
     /// Episodes still running, with their figures so far.
@@ -602,5 +723,86 @@ mod tests {
             &rows,
         );
         assert!(t.active().is_empty());
+    }
+
+    fn event(kind: u32, tgid: u32, child: u32, comm: &[u8]) -> Event {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm);
+        Event {
+            kind,
+            tgid,
+            child,
+            exit_code: 0,
+            ts_ns: mono_ns(),
+            fork_ns: 1000,
+            dup_mmap_ns: 0,
+            comm: c,
+        }
+    }
+
+    /// A watched name forking a storm of children that live on: the running episodes
+    /// stay at the cap, the storm's own oldest go first (the one Redis episode, of a
+    /// parent with a single child, stays), and every one evicted is counted; the
+    /// finished and per-comm tables keep their caps the same way.
+    #[test]
+    fn a_fork_storm_stays_within_the_caps() {
+        let cfg = Config {
+            watch_comms: vec!["redis-*".into()],
+            log: "none".into(),
+            ..Default::default()
+        };
+        let mut t = Tracker::new(&cfg, CowSource::Copies, Arc::new(Host::local())).unwrap();
+        let caps = Caps {
+            episode_active_max_entries: 8,
+            episode_finished_max_entries: 5,
+            episode_comm_max_entries: 3,
+            ..Caps::default()
+        };
+        let tables = Tables::default();
+        t.bound(&caps, &tables);
+        let rows: HashMap<u32, Counts> = HashMap::new();
+        let figures = |name: &str| {
+            let snap = tables.snapshot();
+            let (_, e, c, x) = *snap.iter().find(|r| r.0 == name).unwrap();
+            (e, c, x)
+        };
+        // The real Redis: one running episode.
+        t.on_event(&event(EVENT_FORK, 10, 11, b"redis-server"), &rows);
+        // The storm: 500 children of one parent that calls itself redis-x.
+        const STORM: u64 = 500;
+        for child in 0..STORM as u32 {
+            t.on_event(&event(EVENT_FORK, 20, 1000 + child, b"redis-x"), &rows);
+            assert!(t.active.len() <= 8);
+        }
+        assert_eq!(figures("episodes_active"), (8, 8, STORM + 1 - 8));
+        let active = t.active();
+        assert!(active.iter().any(|e| e.pid == 10), "{active:?}");
+        // The storm's newest seven are the rest.
+        let mut kids: Vec<u32> = active
+            .iter()
+            .filter(|e| e.pid == 20)
+            .map(|e| e.child_pid)
+            .collect();
+        kids.sort();
+        assert_eq!(kids, (1000 + 493..1000 + 500).collect::<Vec<u32>>());
+        // Children of many parents named redis-0..redis-9 end: five finished kept,
+        // three comms.
+        let mut ended = 0u64;
+        for i in 0..10u32 {
+            let name = format!("redis-{i}");
+            t.on_event(&event(EVENT_FORK, 100 + i, 200 + i, name.as_bytes()), &rows);
+            t.on_event(&event(EVENT_EXIT, 200 + i, 0, b""), &rows);
+            ended += 1;
+        }
+        assert_eq!(figures("episodes_finished"), (5, 5, ended - 5));
+        assert_eq!(figures("episode_comms"), (3, 3, ended - 3));
+        let comms: Vec<&str> = t.stats.keys().map(String::as_str).collect();
+        assert_eq!(comms, ["redis-7", "redis-8", "redis-9"]);
+        let ids: Vec<u32> = t.finished.iter().map(|e| e.pid).collect();
+        assert_eq!(ids, [105, 106, 107, 108, 109]);
+        // The first of those forks found the table full and evicted one of the storm's;
+        // its child's exit made room for the next.
+        assert_eq!(figures("episodes_active"), (7, 8, STORM + 1 - 8 + 1));
+        assert!(t.active().iter().any(|e| e.pid == 10));
     }
 }

@@ -12,6 +12,22 @@ fn ms(s: f64) -> String {
     format!("{:.1} ms", s * 1e3)
 }
 
+/// A process name as the report prints it: control characters (a newline, a
+/// terminal escape) spelled out, so a name can neither forge report lines nor drive
+/// the reader's terminal.
+pub fn printable(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
 /// A readable report of one episode.
 pub fn render(e: &Episode) -> String {
     let mut s = String::new();
@@ -19,7 +35,11 @@ pub fn render(e: &Episode) -> String {
     let _ = writeln!(
         s,
         "Fork episode {} — {} (pid {}) forked {} at {}{state}",
-        e.id, e.comm, e.pid, e.child_pid, e.started_at
+        e.id,
+        printable(&e.comm),
+        e.pid,
+        e.child_pid,
+        e.started_at
     );
     let _ = writeln!(s, "  verdict: {}", e.verdict);
     let _ = writeln!(
@@ -116,4 +136,28 @@ fn host_line(s: &mut String, h: &super::context::HostContext) {
         h.low_watermark_pages,
         h.high_watermark_pages
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_forge_lines_or_drive_the_terminal() {
+        assert_eq!(printable("redis-server"), "redis-server");
+        assert_eq!(printable("a\"b {x} \\"), "a\"b {x} \\");
+        assert_eq!(printable("new\nline"), "new\\nline");
+        assert_eq!(printable("\u{1b}[2J"), "\\u{1b}[2J");
+        assert_eq!(printable("bad\u{fffd}"), "bad\u{fffd}");
+        let e = Episode {
+            comm: "x\n  verdict: fine".into(),
+            ..Default::default()
+        };
+        let text = render(&e);
+        assert_eq!(text.matches("verdict:").count(), 2, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("  verdict:")).count(),
+            1
+        );
+    }
 }

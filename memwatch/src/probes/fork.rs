@@ -155,7 +155,7 @@ pub const AREA: Area = Area {
                 hist: hist::FORK,
                 name: "memwatch_fork_duration_seconds",
                 help: "Duration of fork syscalls (kind fork), entry to the parent's return, per \
-                       command name; the rest in comm=\"other\".",
+                       command name; the rest in comm=\"(other processes)\".",
                 sum_col: proc::FORK_NS,
                 when: When::Attached(HookId::Fork(Id::ForkSyscalls)),
             },

@@ -4,18 +4,25 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use memwatch_common::proc;
 
 use super::read::Counts;
-use crate::collectors::attribution::{CgroupAccounts, Row};
+use crate::{
+    collectors::attribution::{CgroupAccounts, Row},
+    metrics::TableGauge,
+};
 
 /// How long an exited process keeps its own rows before they are folded into `other`.
 pub const EXITED_GRACE: Duration = Duration::from_secs(300);
 
-/// What aging keeps between scrapes.
+/// What aging keeps between scrapes. The pid-keyed state (`exited_since`, `last`, and
+/// the cgroup of each row in `cgroups`) holds the rows of the last read only, so the
+/// in-kernel table's size (`tables.process_max_entries`, plus one cached process per
+/// CPU) bounds it: a pid's state goes when its row leaves the table (table `pids`).
 #[derive(Default)]
 pub struct Liveness {
     /// When a table row's process was first seen gone.
@@ -26,9 +33,18 @@ pub struct Liveness {
     /// `ProcTable::read`).
     last: HashMap<u32, Counts>,
     pub cgroups: CgroupAccounts,
+    pub pids: Arc<TableGauge>,
 }
 
 impl Liveness {
+    pub fn new(cgroups: CgroupAccounts, pids: Arc<TableGauge>) -> Self {
+        Self {
+            cgroups,
+            pids,
+            ..Self::default()
+        }
+    }
+
     /// The rows to export from the ones just read: each count at least what was last
     /// exported (counters only grow: should a read give up on a process, see
     /// `ProcTable::read`, it shows the previous value, never a drop), without the rows
@@ -59,14 +75,19 @@ impl Liveness {
                 if now.duration_since(since) > EXITED_GRACE && remove(row.tgid) {
                     self.deleted += 1;
                     self.exited_since.remove(&row.tgid);
-                    self.last.remove(&row.tgid);
+                    if self.last.remove(&row.tgid).is_some() {
+                        self.pids.evicted(1);
+                    }
                     continue;
                 }
             }
             keep.push(row);
         }
         self.exited_since.retain(|t, _| seen.contains(t));
+        let before = self.last.len();
         self.last.retain(|t, _| seen.contains(t));
+        self.pids.evicted((before - self.last.len()) as u64);
+        self.pids.set_entries(self.last.len());
         keep
     }
 }
@@ -104,5 +125,7 @@ mod tests {
         });
         assert!(kept.is_empty());
         assert_eq!((removed, l.deleted), (vec![1], 1));
+        // Process 2's row went in the second read, process 1's now: both states went.
+        assert_eq!(l.pids.get(), (0, 0, 2));
     }
 }

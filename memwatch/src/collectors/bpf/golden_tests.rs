@@ -77,6 +77,7 @@ fn snapshot() -> Snapshot {
         deleted: 5,
         inconsistent: 6,
         max_entries: 10240,
+        tables: vec![("cgroups", 2, 1024, 7), ("pids", 3, 10242, 8)],
     }
 }
 
@@ -158,4 +159,74 @@ fn names_with_the_tracepoint_mode_forced() {
             }
         }),
     );
+}
+
+/// Processes that name themselves like memwatch's aggregate row, or with characters
+/// the text format must escape, or with bytes that are not UTF-8: the exposition is
+/// valid, no two series are the same (comms that read the same after the lossy
+/// conversion are merged), and each name comes out as the kernel has it.
+#[test]
+fn hostile_comms_make_a_valid_exposition_without_duplicates() {
+    use crate::{collectors::testutil::check_exposition, metrics::Text, parse::comm_str};
+    let kernel_comm = |b: &[u8]| {
+        let mut c = [0u8; memwatch_common::COMM_LEN];
+        c[..b.len()].copy_from_slice(b);
+        comm_str(&c)
+    };
+    let names: [&[u8]; 9] = [
+        b"other",
+        b"(other processes",
+        b"a\"b",
+        b"back\\slash",
+        b"new\nline",
+        b"{brace}",
+        b"bad\xff\xfename",
+        b"bad\xfe\xffname",
+        b"",
+    ];
+    let mut s = snapshot();
+    s.rows.clear();
+    s.keyed.clear();
+    for (i, n) in names.iter().enumerate() {
+        let comm = kernel_comm(n);
+        s.rows.push(row(100 + i as u32, &comm, 10 + i as u64));
+        let e = s
+            .keyed
+            .entry((hist::FORK, 0, comm.clone()))
+            .or_insert(([0; hist::BUCKETS], 0));
+        e.0[12] += 1;
+        e.1 += 3000;
+        s.keyed.insert(
+            (hist::THROTTLE, 100 + i as u32, comm),
+            ([1; hist::BUCKETS], 7),
+        );
+    }
+    let att = attached(|m| m.first().copied());
+    let mut text = Text::default();
+    text.families(&render(&s, &att, 100));
+    let text = text.into_string();
+    check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // Prometheus drops empty labels: series that differ only in one are the same.
+    let mut seen = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let series = line.rsplit_once(' ').unwrap().0;
+        let normal = series.replace(",comm=\"\"", "").replace("{comm=\"\",", "{");
+        assert!(seen.insert(normal.clone()), "series twice: {normal}");
+    }
+    for want in [
+        "memwatch_fork_duration_seconds_count{comm=\"other\"} 1\n",
+        "memwatch_fork_duration_seconds_count{comm=\"(other processes)\"} ",
+        "memwatch_fork_duration_seconds_count{comm=\"a\\\"b\"} 1\n",
+        "memwatch_fork_duration_seconds_count{comm=\"back\\\\slash\"} 1\n",
+        "memwatch_fork_duration_seconds_count{comm=\"new\\nline\"} 1\n",
+        "memwatch_fork_duration_seconds_count{comm=\"{brace}\"} 1\n",
+        // Two comms that differ only in their invalid bytes: one series, both counted.
+        "memwatch_fork_duration_seconds_count{comm=\"bad\u{fffd}\u{fffd}name\"} 2\n",
+        "memwatch_process_page_faults_total{pid=\"100\",comm=\"other\",",
+        "memwatch_process_page_faults_total{pid=\"other\",comm=\"(other processes)\",",
+        "memwatch_dirty_throttle_pause_seconds_count{pid=\"106\",comm=\"bad\u{fffd}\u{fffd}name\"} ",
+        "memwatch_dirty_throttle_pause_seconds_count{pid=\"107\",comm=\"bad\u{fffd}\u{fffd}name\"} ",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
 }

@@ -17,9 +17,14 @@ use std::{
 use aya::Ebpf;
 use prometheus::proto::MetricFamily;
 
-use super::Collector;
+use super::{attribution::CgroupAccounts, Collector};
 pub use crate::probes::catalogue::Attached;
-use crate::{host::Host, probes::catalogue::Counters};
+use crate::{
+    config,
+    host::Host,
+    metrics::{TableGauge, Tables},
+    probes::catalogue::Counters,
+};
 use age::Liveness;
 use read::{Maps, ProcTable};
 use render::Snapshot;
@@ -33,25 +38,40 @@ pub struct Bpf {
     top_n: usize,
     max_entries: u32,
     liveness: Mutex<Liveness>,
+    /// memwatch's own bounded tables (these and the fork episodes'), exported here.
+    tables: Tables,
 }
 
 impl Bpf {
     pub fn new(
         ebpf: &mut Ebpf,
         attached: Attached,
-        top_n: usize,
-        max_entries: u32,
+        cfg: &config::Tables,
         host: Arc<Host>,
     ) -> anyhow::Result<Self> {
+        let cgroups = CgroupAccounts::new(cfg.cgroup_max_entries);
+        // One row per process in the table, plus one cached process per CPU.
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let pids = Arc::new(TableGauge::new(cfg.process_max_entries as usize + cpus));
+        let tables = Tables::default();
+        tables.add("cgroups", cgroups.table.clone());
+        tables.add("pids", pids.clone());
         Ok(Self {
             maps: Maps::take(ebpf)?,
             procs: Arc::new(Mutex::new(ProcTable::take(ebpf)?)),
             attached,
             host,
-            top_n,
-            max_entries,
-            liveness: Mutex::new(Liveness::default()),
+            top_n: cfg.process_top_n,
+            max_entries: cfg.process_max_entries,
+            liveness: Mutex::new(Liveness::new(cgroups, pids)),
+            tables,
         })
+    }
+
+    /// memwatch's own bounded tables, exported with this collector's: the fork
+    /// episodes add theirs.
+    pub fn tables(&self) -> Tables {
+        self.tables.clone()
     }
 
     /// A reader of single process rows, for fork episodes.
@@ -65,7 +85,7 @@ impl Bpf {
         // never behind the rows read before them (the per-process counters' globals
         // come with the caches, read after the table).
         let (rows, totals, inconsistent) = {
-            let mut table = self.procs.lock().expect("procs lock");
+            let mut table = self.procs.lock().unwrap_or_else(|e| e.into_inner());
             let (rows, totals) = table.read()?;
             let rows = live.age(
                 rows,
@@ -87,7 +107,7 @@ impl Bpf {
         live.cgroups.update(&rows, |pid| self.host.cgroup_of(pid));
         let mut s = Snapshot {
             rows,
-            cgroups: live.cgroups.totals.clone(),
+            cgroups: live.cgroups.totals(),
             counters: Counters {
                 globals,
                 nodes: self.host.nodes().to_vec(),
@@ -101,6 +121,7 @@ impl Bpf {
             deleted: live.deleted,
             inconsistent,
             max_entries: self.max_entries,
+            tables: self.tables.snapshot(),
         };
         // Only the names of the processes shown are looked up; a live process's
         // current name wins over the one the kernel kept.
@@ -119,7 +140,7 @@ pub struct ProcRows(Arc<Mutex<ProcTable>>);
 
 impl crate::episodes::RowSource for ProcRows {
     fn row(&self, tgid: u32) -> Option<crate::episodes::Counts> {
-        self.0.lock().expect("procs lock").row(tgid)
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).row(tgid)
     }
 }
 
@@ -129,7 +150,7 @@ impl Collector for Bpf {
     }
 
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let mut live = self.liveness.lock().expect("state lock");
+        let mut live = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
         let snapshot = self.read(&mut live)?;
         out.extend(render::render(&snapshot, &self.attached, self.top_n));
         Ok(())

@@ -9,7 +9,7 @@ use prometheus::proto::MetricFamily;
 
 use super::read::Counts;
 use crate::{
-    collectors::attribution::{top_n, Row},
+    collectors::attribution::{top_n, Row, OTHER_CGROUP, OTHER_COMM, OTHER_PID},
     metrics::Family,
     probes::{
         catalogue::{Attached, Counters, Feeds, Hist, KeyedHist, Metric, Series},
@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub inconsistent: u64,
     /// `tables.process_max_entries`.
     pub max_entries: u32,
+    /// memwatch's own tables: (name, entries, capacity, evictions).
+    pub tables: Vec<(&'static str, u64, u64, u64)>,
 }
 
 /// Every area's feeds.
@@ -199,11 +201,11 @@ fn render_proc_metric(
     let f = Family::counter(
         format!("memwatch_process_{}", m.name),
         format!(
-            "{} Per process: the top processes, the rest in pid=\"other\".",
+            "{} Per process: the top processes, the rest in pid=\"other\" (comm=\"{OTHER_COMM}\").",
             m.help
         ),
     );
-    let other = vec![("pid", "other"), ("comm", "other")];
+    let other = vec![("pid", OTHER_PID), ("comm", OTHER_COMM)];
     top_plus_other(f, m, series, &rows, other, globals, out);
 
     let cols = cols_of(series);
@@ -220,7 +222,15 @@ fn render_proc_metric(
             m.help
         ),
     );
-    top_plus_other(f, m, series, &cgs, vec![("cgroup", "other")], globals, out);
+    top_plus_other(
+        f,
+        m,
+        series,
+        &cgs,
+        vec![("cgroup", OTHER_CGROUP)],
+        globals,
+        out,
+    );
 }
 
 /// Exported histogram buckets: bit lengths 10..=36, upper bounds 2^b ns (1 µs .. 69 s).
@@ -277,9 +287,9 @@ fn render_keyed_hist(out: &mut Vec<MetricFamily>, s: &Snapshot, k: &KeyedHist, n
     }
     let (buckets, count) = prom_buckets(&rest);
     let labels: Vec<(&str, &str)> = if k.per_process {
-        vec![("pid", "other"), ("comm", "other")]
+        vec![("pid", OTHER_PID), ("comm", OTHER_COMM)]
     } else {
-        vec![("comm", "other")]
+        vec![("comm", OTHER_COMM)]
     };
     f.histogram_sample(&labels, &buckets, count, rest_sum as f64 * 1e-9);
     f.push_to(out);
@@ -331,24 +341,38 @@ fn render_node_metric(out: &mut Vec<MetricFamily>, s: &Snapshot, m: &Metric) {
 fn render_health(out: &mut Vec<MetricFamily>, s: &Snapshot) {
     let live = s.rows.len();
     let st = &s.stats;
-    let mut f = Family::gauge("memwatch_table_entries", "Rows in an in-kernel table.");
+    let mut f = Family::gauge(
+        "memwatch_table_entries",
+        "Rows in a table: the in-kernel process table (procs), or one of memwatch's own \
+         (cgroups, pids, episode_comms, episodes_active, episodes_finished).",
+    );
     f.sample(&[("table", "procs")], live as f64);
+    for (name, entries, _, _) in &s.tables {
+        f.sample(&[("table", name)], *entries as f64);
+    }
     f.push_to(out);
     let mut f = Family::gauge(
         "memwatch_table_max_entries",
-        "Capacity of an in-kernel table (procs: tables.process_max_entries).",
+        "Capacity of a table (procs: tables.process_max_entries; memwatch's own: their \
+         tables.*_max_entries).",
     );
     f.sample(&[("table", "procs")], s.max_entries as f64);
+    for (name, _, cap, _) in &s.tables {
+        f.sample(&[("table", name)], *cap as f64);
+    }
     f.push_to(out);
     let mut f = Family::counter(
         "memwatch_table_evictions_total",
-        "Rows the kernel evicted from a full LRU table; their counts live on in the \
-         \"other\" rows.",
+        "Rows evicted from a full table: by the kernel from an LRU table (procs), or by \
+         memwatch from its own; their counts live on in the aggregate (\"other\") rows.",
     );
     f.sample(
         &[("table", "procs")],
         st.proc_inserts.saturating_sub(live as u64 + s.deleted) as f64,
     );
+    for (name, _, _, evictions) in &s.tables {
+        f.sample(&[("table", name)], *evictions as f64);
+    }
     f.push_to(out);
     let mut f = Family::counter(
         "memwatch_table_aged_out_total",
