@@ -75,6 +75,7 @@ fn snapshot() -> Snapshot {
             missed_entries: 4,
         },
         deleted: 5,
+        procs_evicted: 9,
         inconsistent: 6,
         max_entries: 10240,
         tables: vec![("cgroups", 2, 1024, 7), ("pids", 3, 10242, 8)],

@@ -40,6 +40,8 @@ pub struct Bpf {
     liveness: Mutex<Liveness>,
     /// memwatch's own bounded tables (these and the fork episodes'), exported here.
     tables: Tables,
+    /// The highest count of rows the kernel evicted from `PROCS` reported so far.
+    procs_evicted: std::sync::atomic::AtomicU64,
 }
 
 impl Bpf {
@@ -65,6 +67,7 @@ impl Bpf {
             max_entries: cfg.process_max_entries,
             liveness: Mutex::new(Liveness::new(cgroups, pids)),
             tables,
+            procs_evicted: Default::default(),
         })
     }
 
@@ -81,6 +84,10 @@ impl Bpf {
 
     /// Reads the maps and ages the process rows: what one scrape renders.
     fn read(&self, live: &mut Liveness) -> anyhow::Result<Snapshot> {
+        // Rows inserted so far, before the table: a row inserted during the read may
+        // be seen in it, so evictions (inserted - live - deleted) can only come out low,
+        // never high, and the floor below keeps them from going back.
+        let inserted = self.maps.stats()?.proc_inserts;
         // Tables first, then the global counters: the globals only grow, so they are
         // never behind the rows read before them (the per-process counters' globals
         // come with the caches, read after the table).
@@ -105,6 +112,11 @@ impl Bpf {
         let node_vals = self.maps.node_vals()?;
         let stats = self.maps.stats()?;
         live.cgroups.update(&rows, |pid| self.host.cgroup_of(pid));
+        let evicted = inserted.saturating_sub(rows.len() as u64 + live.deleted);
+        let procs_evicted = self
+            .procs_evicted
+            .fetch_max(evicted, std::sync::atomic::Ordering::Relaxed)
+            .max(evicted);
         let mut s = Snapshot {
             rows,
             cgroups: live.cgroups.totals(),
@@ -119,6 +131,7 @@ impl Bpf {
             keyed,
             stats,
             deleted: live.deleted,
+            procs_evicted,
             inconsistent,
             max_entries: self.max_entries,
             tables: self.tables.snapshot(),

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub stats: Stats,
     /// Rows memwatch deleted from `PROCS` (aged out).
     pub deleted: u64,
+    /// Rows the kernel evicted from `PROCS` (full), never less than reported before.
+    pub procs_evicted: u64,
     /// `ProcTable::inconsistent`.
     pub inconsistent: u64,
     /// `tables.process_max_entries`.
@@ -368,7 +370,7 @@ fn render_health(out: &mut Vec<MetricFamily>, s: &Snapshot) {
     );
     f.sample(
         &[("table", "procs")],
-        st.proc_inserts.saturating_sub(live as u64 + s.deleted) as f64,
+        s.procs_evicted as f64,
     );
     for (name, _, _, evictions) in &s.tables {
         f.sample(&[("table", name)], *evictions as f64);
