@@ -6,7 +6,13 @@
 
 mod common;
 
+use std::sync::Mutex;
+
 use common::{eventually, root_or_skip, workload::Ctl, workload::Workload, Agent, TempFile};
+
+/// The tests run one at a time: two storms at once would reuse each other's pids
+/// (pid_max can be 32768) while the agent still follows them.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Children each storm forks.
 const FORKS: u64 = 20_000;
@@ -171,6 +177,7 @@ fn settled(agent: &Agent, comm: &str, before: Counts) -> Counts {
 #[test]
 fn fork_storm_is_accounted_exactly_and_unwatched_exits_are_not_streamed() {
     const TEST: &str = "fork_storm_is_accounted_exactly_and_unwatched_exits_are_not_streamed";
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let comm = "mwstorm-a";
     let Some((agent, _cfg)) = agent(TEST, comm, 256 * 1024) else {
         return;
@@ -206,6 +213,7 @@ fn fork_storm_is_accounted_exactly_and_unwatched_exits_are_not_streamed() {
 #[test]
 fn a_full_ring_buffer_counts_every_lost_event() {
     const TEST: &str = "a_full_ring_buffer_counts_every_lost_event";
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let comm = "mwstorm-b";
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
