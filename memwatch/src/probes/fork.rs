@@ -468,6 +468,19 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_buffer_size_is_a_power_of_two_of_pages() {
+        let ring = |bytes: &str| {
+            config::Config::from_toml(&format!("[episodes]\nring_buffer_bytes = {bytes}\n"), "t")
+        };
+        assert_eq!(ring("4096").unwrap().episodes.ring_buffer_bytes, 4096);
+        assert_eq!(ring("1048576").unwrap().episodes.ring_buffer_bytes, 1 << 20);
+        for bad in ["5000", "1024", "0"] {
+            let e = ring(bad).unwrap_err().to_string();
+            assert!(e.contains("episodes.ring_buffer_bytes"), "{e}");
+        }
+    }
+
+    #[test]
     fn what_the_kernel_cannot_filter() {
         assert!(compile_comm("*sql*").is_err());
         assert!(compile_comm("a*b*c").is_err());
