@@ -192,8 +192,33 @@ pub mod global {
     pub const LRU_LISTS: usize = 5;
     /// Folio activations (`mm_lru_activate`).
     pub const LRU_ACTIVATE: usize = LRU_INSERT + LRU_LISTS;
+    /// Fork/exit events written into the `EVENTS` ring buffer, by kind
+    /// (`EVENTS_SENT + event_slot(kind)`).
+    pub const EVENTS_SENT: usize = LRU_ACTIVATE + 1;
+    /// Kinds of events (fork, exit).
+    pub const EVENT_KINDS: usize = 2;
+    /// Events that passed the filter but found the ring buffer full: lost, by kind.
+    pub const EVENTS_LOST: usize = EVENTS_SENT + EVENT_KINDS;
+    /// Events not streamed because the filter left them out: forks of processes that
+    /// are not watched, exits of processes that are not tracked children.
+    pub const EVENTS_FILTERED: usize = EVENTS_LOST + EVENT_KINDS;
+    /// Forks of watched processes whose child could not be tracked (`CHILDREN` or
+    /// `FORK_UNSENT` full): the child's exit is not streamed.
+    pub const CHILDREN_FULL: usize = EVENTS_FILTERED + EVENT_KINDS;
+    /// The ring buffer's size in bytes (written once by the agent, on CPU 0).
+    pub const RING_BYTES: usize = CHILDREN_FULL + 1;
     /// Number of global slots.
-    pub const SLOTS: usize = LRU_ACTIVATE + 1;
+    pub const SLOTS: usize = RING_BYTES + 1;
+
+    /// The slot offset of an event kind (`EVENT_FORK` 0, `EVENT_EXIT` 1).
+    #[inline(always)]
+    pub const fn event_slot(kind: u32) -> usize {
+        if kind == super::EVENT_EXIT {
+            1
+        } else {
+            0
+        }
+    }
 }
 
 /// Per-NUMA-node counters (`NODES[nid * node::COUNTERS + i]`).
@@ -335,6 +360,134 @@ pub struct Event {
 pub const EVENT_FORK: u32 = 1;
 pub const EVENT_EXIT: u32 = 2;
 
+/// The in-kernel fork filter: which processes' forks are streamed (`watch` in the
+/// eBPF side's `probes/fork.rs`). The agent fills `WATCH_PIDS` and `WATCH_COMMS` from
+/// `[episodes]`; a config the kernel cannot express turns the filter off
+/// (`FORK_FILTER` 0: every process fork is streamed, the agent filters).
+pub mod watch {
+    /// Most comm patterns the kernel matches (`WATCH_COMMS` entries).
+    pub const MAX_COMMS: u32 = 16;
+    /// Most watched pids (`WATCH_PIDS` entries).
+    pub const MAX_PIDS: u32 = 1024;
+    /// Most children tracked at once (`CHILDREN`, `FORK_UNSENT` entries).
+    pub const MAX_CHILDREN: u32 = 16384;
+    /// `CommPattern::kind`: the whole comm equals `prefix`.
+    pub const EXACT: u32 = 1;
+    /// The comm starts with `prefix` (`prefix_len` bytes) and ends with `suffix`
+    /// (`suffix_len` bytes, right-aligned), the two not overlapping: `a*`, `*b`, `a*b`.
+    pub const AFFIX: u32 = 2;
+    /// Every comm (`*`).
+    pub const ANY: u32 = 3;
+}
+
+/// One comm pattern of the in-kernel filter (`WATCH_COMMS`). The comm is read as two
+/// little-endian `u64` words (bytes 0-7, 8-15; zero-padded after its NUL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommPattern {
+    /// `watch::EXACT`, `AFFIX`, `ANY`; 0: unused slot.
+    pub kind: u32,
+    pub prefix_len: u32,
+    pub suffix_len: u32,
+    pub _pad: u32,
+    /// The prefix (or the whole comm, for `EXACT`), zero-padded.
+    pub prefix: [u64; 2],
+    /// Mask of the prefix's bytes.
+    pub prefix_mask: [u64; 2],
+    /// The suffix right-aligned in 16 bytes (its last byte is byte 15).
+    pub suffix: [u64; 2],
+    /// Mask of the suffix's bytes, right-aligned.
+    pub suffix_mask: [u64; 2],
+}
+
+impl CommPattern {
+    /// Whether a comm (as two little-endian words, zero-padded after its `len` bytes)
+    /// matches. Shared by the eBPF side and the agent's tests.
+    #[inline(always)]
+    pub fn matches(&self, w: [u64; 2], len: u32) -> bool {
+        match self.kind {
+            watch::ANY => true,
+            watch::EXACT => w[0] == self.prefix[0] && w[1] == self.prefix[1],
+            watch::AFFIX => {
+                if len < self.prefix_len + self.suffix_len
+                    || w[0] & self.prefix_mask[0] != self.prefix[0]
+                    || w[1] & self.prefix_mask[1] != self.prefix[1]
+                {
+                    return false;
+                }
+                // Right-align the comm: its last byte becomes byte 15.
+                let a = shl_bytes(w, 16u32.saturating_sub(len));
+                a[0] & self.suffix_mask[0] == self.suffix[0]
+                    && a[1] & self.suffix_mask[1] == self.suffix[1]
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A 16-byte little-endian value (two words, low first) shifted up by `n` bytes.
+#[inline(always)]
+pub fn shl_bytes(w: [u64; 2], n: u32) -> [u64; 2] {
+    let bits = n.wrapping_mul(8);
+    if bits == 0 {
+        w
+    } else if bits >= 128 {
+        [0, 0]
+    } else if bits >= 64 {
+        [0, w[0].wrapping_shl(bits - 64)]
+    } else {
+        [
+            w[0].wrapping_shl(bits),
+            w[1].wrapping_shl(bits) | w[0].wrapping_shr(64 - bits),
+        ]
+    }
+}
+
+/// A comm as two little-endian words and its length (bytes before the first NUL).
+#[inline(always)]
+pub fn comm_words(comm: &[u8; COMM_LEN]) -> ([u64; 2], u32) {
+    let mut len = COMM_LEN as u32;
+    let mut i = 0;
+    while i < COMM_LEN {
+        if comm[i] == 0 {
+            len = i as u32;
+            break;
+        }
+        i += 1;
+    }
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&comm[..8]);
+    hi.copy_from_slice(&comm[8..]);
+    let (lo, hi) = (u64::from_le_bytes(lo), u64::from_le_bytes(hi));
+    // Whatever follows the NUL does not count (the kernel pads with zeros anyway).
+    let keep = |bytes: u32| {
+        if bytes >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (bytes * 8)) - 1
+        }
+    };
+    ([lo & keep(len), hi & keep(len.saturating_sub(8))], len)
+}
+
+/// A child the in-kernel filter tracks (`CHILDREN`, key: its pid): a fork by a watched
+/// process inserts it; its exit is streamed and removes it. If it exits before its
+/// parent has streamed the fork, it leaves its exit here and the parent streams both,
+/// fork first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Child {
+    /// The parent's tgid.
+    pub parent: u32,
+    /// Set by the child's exit when the parent streams it (with the fields below).
+    pub exited: u32,
+    pub exit_code: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: as below.
@@ -347,6 +500,10 @@ mod pod {
     unsafe impl aya::Pod for super::HistKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DevKey {}
+    // SAFETY: as above (four u32, then u64 arrays).
+    unsafe impl aya::Pod for super::CommPattern {}
+    // SAFETY: as above (four u32, a u64, a 16-byte array).
+    unsafe impl aya::Pod for super::Child {}
 }
 
 #[cfg(test)]
@@ -384,5 +541,7 @@ mod tests {
         assert_eq!(size_of::<crate::HistKey>(), 32);
         assert_eq!(size_of::<crate::DevKey>(), 40);
         assert_eq!(size_of::<crate::Event>(), 56);
+        assert_eq!(size_of::<crate::CommPattern>(), 16 + 64);
+        assert_eq!(size_of::<crate::Child>(), 40);
     }
 }

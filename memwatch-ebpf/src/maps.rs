@@ -77,6 +77,9 @@ pub enum PendingKind {
     SingleInode,
     /// The mapping of that `do_writepages` call, for the device written to.
     WritepagesMapping,
+    /// A process fork's child seen by sched_process_fork (start_ns: its pid; aux:
+    /// whether the fork is streamed and the child tracked), for the fork's return.
+    ForkChild,
 }
 
 /// Fork and exit events for the agent's fork episodes.

@@ -76,6 +76,12 @@ watch_pids = []
 watch_cgroups = []
 # Where each finished episode is written as one JSON line: "stdout", "none" or a path.
 log = "stdout"
+# The kernel filters forks by pid and by exact, prefix*, *suffix, prefix*suffix or "*"
+# comm patterns; other patterns, or any watch_cgroups, stream every process fork and
+# its child's exit for the agent to filter. Size of the fork/exit event ring buffer
+# (a power of two, at least a page); events that find it full are counted in
+# memwatch_events_lost_total.
+ring_buffer_bytes = 262144
 
 [collectors]
 # /proc/meminfo, every field.
@@ -369,6 +375,8 @@ pub struct Episodes {
     pub watch_pids: Vec<u32>,
     pub watch_cgroups: Vec<String>,
     pub log: String,
+    /// Size of the fork/exit event ring buffer, bytes: a power of two, at least a page.
+    pub ring_buffer_bytes: u32,
 }
 
 impl Default for Episodes {
@@ -378,6 +386,7 @@ impl Default for Episodes {
             watch_pids: Vec::new(),
             watch_cgroups: Vec::new(),
             log: "stdout".into(),
+            ring_buffer_bytes: 256 * 1024,
         }
     }
 }
@@ -501,6 +510,15 @@ impl Config {
                         .map_or(0, |(_, d)| *d)
                 )));
             }
+        }
+        let ring = self.episodes.ring_buffer_bytes;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+        if !ring.is_power_of_two() || ring < page {
+            return Err(ConfigError::Invalid(format!(
+                "episodes.ring_buffer_bytes = {ring} must be a power of two of at least the \
+                 page size ({page}), e.g. 262144"
+            )));
         }
         if self.processes.max_processes == 0 {
             return Err(ConfigError::Invalid(

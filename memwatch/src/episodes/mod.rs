@@ -470,6 +470,11 @@ impl Tracker {
             episode.fork_latency_seconds * 1e3
         );
         let cow = self.cow.pages(&start);
+        if let Some(old) = self.active.remove(&ev.child) {
+            // The kernel streams a child's exit before any later fork that reuses its
+            // pid: that earlier child is gone and its exit was lost.
+            self.finish(old, ev.ts_ns, None, rows);
+        }
         if !self.active.contains_key(&ev.child) {
             self.make_room();
         }

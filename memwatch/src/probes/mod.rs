@@ -39,6 +39,12 @@ pub mod maps {
     pub const DEVICES: &str = "DEVICES";
     /// The fork/exit ring buffer (`daemon::start_episodes`).
     pub const EVENTS: &str = "EVENTS";
+    /// The in-kernel fork filter, filled at load (`fork::KernelFilter`).
+    pub const WATCH_PIDS: &str = "WATCH_PIDS";
+    pub const WATCH_COMMS: &str = "WATCH_COMMS";
+    /// The children whose exits are streamed (kernel-side only).
+    pub const CHILDREN: &str = "CHILDREN";
+    pub const FORK_UNSENT: &str = "FORK_UNSENT";
     /// Every map the agent takes (checked against the object in `object_tests`; the
     /// lifecycle tests look for them left loaded after a stop).
     pub const ALL: &[&str] = &[
@@ -52,6 +58,10 @@ pub mod maps {
         KEYED_HISTS,
         DEVICES,
         EVENTS,
+        WATCH_PIDS,
+        WATCH_COMMS,
+        CHILDREN,
+        FORK_UNSENT,
     ];
 }
 
@@ -91,6 +101,9 @@ pub mod globals {
     pub const OFF_BDI_DEV_NAME: Global = Global::u32("OFF_BDI_DEV_NAME");
     pub const TASK_EXIT_CODE_OFFSET: Global = Global::u32("TASK_EXIT_CODE_OFFSET");
     pub const WBC_NR_TO_WRITE_OFFSET: Global = Global::u32("WBC_NR_TO_WRITE_OFFSET");
+    /// The in-kernel fork filter: on (1) or off, and how many comm patterns it has.
+    pub const FORK_FILTER: Global = Global::u32("FORK_FILTER");
+    pub const WATCH_COMM_COUNT: Global = Global::u32("WATCH_COMM_COUNT");
     /// Every one of them (checked against the object in `object_tests`).
     #[cfg(test)]
     pub const ALL: &[Global] = &[
@@ -109,6 +122,8 @@ pub mod globals {
         OFF_BDI_DEV_NAME,
         TASK_EXIT_CODE_OFFSET,
         WBC_NR_TO_WRITE_OFFSET,
+        FORK_FILTER,
+        WATCH_COMM_COUNT,
     ];
 }
 
@@ -356,8 +371,67 @@ pub fn load_object(support: &KernelSupport, cfg: &Config, host: &Host) -> anyhow
         true,
     );
     loader.map_max_entries(maps::PROCS, cfg.tables.process_max_entries);
-    loader.load(OBJECT).context(
+    // Fork and exit events: filtered in the kernel to what [episodes] watches.
+    let filter = fork::KernelFilter::new(&cfg.episodes);
+    match &filter.off {
+        Some(why) => log::info!(
+            "fork events are not filtered in the kernel ({why}): every process fork and its \
+             child's exit is streamed, the agent picks the watched ones"
+        ),
+        None => log::info!(
+            "fork events filtered in the kernel: {} watched pids, {} comm patterns",
+            filter.pids.len(),
+            filter.comms.len()
+        ),
+    }
+    let on = u32::from(filter.off.is_none());
+    let comms = filter.comms.len() as u32;
+    loader.override_global(globals::FORK_FILTER.name, &on, true);
+    loader.override_global(globals::WATCH_COMM_COUNT.name, &comms, true);
+    loader.map_max_entries(maps::EVENTS, cfg.episodes.ring_buffer_bytes);
+    let mut ebpf = loader.load(OBJECT).context(
         "loading the eBPF object (creating its maps) failed: check that memwatch runs as root \
          or with CAP_BPF and CAP_PERFMON, and that RLIMIT_MEMLOCK is not too low",
-    )
+    )?;
+    fill_fork_filter(&mut ebpf, &filter, cfg.episodes.ring_buffer_bytes)?;
+    Ok(ebpf)
+}
+
+/// Fills the fork filter's maps (before any program attaches), and records the ring
+/// buffer's size for `memwatch_events_ring_buffer_bytes`.
+fn fill_fork_filter(
+    ebpf: &mut Ebpf,
+    filter: &fork::KernelFilter,
+    ring_bytes: u32,
+) -> anyhow::Result<()> {
+    fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+        ebpf.map_mut(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+    let mut pids: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(map(ebpf, maps::WATCH_PIDS)?)?;
+    for pid in &filter.pids {
+        pids.insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to {}", maps::WATCH_PIDS))?;
+    }
+    let mut comms: aya::maps::Array<_, memwatch_common::CommPattern> =
+        aya::maps::Array::try_from(map(ebpf, maps::WATCH_COMMS)?)?;
+    for (i, c) in filter.comms.iter().enumerate() {
+        comms
+            .set(i as u32, c, 0)
+            .with_context(|| format!("setting {} slot {i}", maps::WATCH_COMMS))?;
+    }
+    let mut globals: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(map(ebpf, maps::GLOBALS)?)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let mut values = vec![0u64; cpus];
+    if let Some(v) = values.first_mut() {
+        *v = u64::from(ring_bytes);
+    }
+    globals.set(
+        memwatch_common::global::RING_BYTES as u32,
+        aya::maps::PerCpuValues::try_from(values)?,
+        0,
+    )?;
+    Ok(())
 }

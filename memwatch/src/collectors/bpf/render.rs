@@ -368,10 +368,7 @@ fn render_health(out: &mut Vec<MetricFamily>, s: &Snapshot) {
         "Rows evicted from a full table: by the kernel from an LRU table (procs), or by \
          memwatch from its own; their counts live on in the aggregate (\"other\") rows.",
     );
-    f.sample(
-        &[("table", "procs")],
-        s.procs_evicted as f64,
-    );
+    f.sample(&[("table", "procs")], s.procs_evicted as f64);
     for (name, _, _, evictions) in &s.tables {
         f.sample(&[("table", name)], *evictions as f64);
     }
