@@ -271,6 +271,58 @@ pub struct Tracker {
     /// Episodes ended so far.
     ended: u64,
     bounds: Bounds,
+    /// The start/end lines of the daemon's own log, rate-limited.
+    lines: LogBudget,
+}
+
+/// At most `PER_MINUTE` start/end lines a minute in the daemon's log: a process that
+/// takes a watched name and forks thousands of children would flood the journal. The
+/// episode log (`episodes.log`) and the metrics still get every episode.
+#[derive(Default)]
+struct LogBudget {
+    window_start_ns: u64,
+    used: u32,
+    held_back: u64,
+}
+
+impl LogBudget {
+    const PER_MINUTE: u32 = 60;
+    const WINDOW_NS: u64 = 60_000_000_000;
+
+    /// Whether one more line may go to the log at info level now; says how many were
+    /// held back when a new window opens.
+    fn take(&mut self, now_ns: u64) -> bool {
+        if now_ns.saturating_sub(self.window_start_ns) >= Self::WINDOW_NS {
+            if self.held_back > 0 {
+                log::info!(
+                    "fork episodes: {} start/end lines were not logged in the last minute \
+                     (over {} a minute: a fork storm by a watched name?); every episode is \
+                     in memwatch_fork_episodes_total and the episode log",
+                    self.held_back,
+                    Self::PER_MINUTE
+                );
+            }
+            *self = Self {
+                window_start_ns: now_ns,
+                ..Default::default()
+            };
+        }
+        if self.used < Self::PER_MINUTE {
+            self.used += 1;
+            true
+        } else {
+            self.held_back += 1;
+            false
+        }
+    }
+
+    fn level(&mut self) -> log::Level {
+        if self.take(mono_ns()) {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        }
+    }
 }
 
 fn mono_ns() -> u64 {
@@ -339,6 +391,7 @@ impl Tracker {
             stats: Default::default(),
             ended: 0,
             bounds: Bounds::new(&Caps::default()),
+            lines: LogBudget::default(),
         })
     }
 
@@ -461,7 +514,8 @@ impl Tracker {
             ..Default::default()
         };
         self.next_id += 1;
-        log::info!(
+        log::log!(
+            self.lines.level(),
             "fork episode {} started: {} ({:?}) forked {} in {:.1} ms",
             episode.id,
             episode.pid,
@@ -555,7 +609,8 @@ impl Tracker {
         let findings = verdict::findings(&episode);
         episode.verdict = verdict::verdict(&episode, &findings);
         episode.findings = findings.into_iter().map(|f| f.text).collect();
-        log::info!(
+        log::log!(
+            self.lines.level(),
             "fork episode {} ended: child {} lived {:.2} s, COW {:.1} MiB; {}",
             episode.id,
             episode.child_pid,
@@ -609,6 +664,19 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_start_and_end_lines_are_rate_limited() {
+        let mut b = LogBudget::default();
+        let t0 = LogBudget::WINDOW_NS;
+        let allowed = (0..100).filter(|_| b.take(t0)).count();
+        assert_eq!(allowed, LogBudget::PER_MINUTE as usize);
+        assert_eq!(b.held_back, 100 - u64::from(LogBudget::PER_MINUTE));
+        // A minute later the budget is back.
+        assert!(b.take(t0 + LogBudget::WINDOW_NS));
+        assert_eq!(b.held_back, 0);
+    }
+
     use super::*;
 
     #[test]
