@@ -1,8 +1,9 @@
 //! `memwatch run`: the daemon's start-up sequence, from the config to serving, and
 //! the tasks it leaves running (fork events, episode samples, the systemd watchdog).
 
+use parking_lot::Mutex;
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -418,9 +419,7 @@ pub async fn start_probes(
             if forks {
                 match start_episodes(&mut a.ebpf, cfg, host, cow, c.rows(), health) {
                     Ok(t) => {
-                        t.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .bound(&cfg.tables, &c.tables());
+                        t.lock().bound(&cfg.tables, &c.tables());
                         registry.register(Box::new(collectors::episodes::Episodes::new(t.clone())));
                         tracker = Some(t);
                     }
@@ -482,7 +481,7 @@ fn start_episodes(
                     // SAFETY: the programs write whole `Event`s; read unaligned.
                     let ev: memwatch_common::Event =
                         unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    t.lock().expect("tracker lock").on_event(&ev, &r);
+                    t.lock().on_event(&ev, &r);
                 }
             }
             guard.clear_ready();
@@ -496,7 +495,7 @@ fn start_episodes(
         loop {
             tick.tick().await;
             beat.tick();
-            t.lock().expect("tracker lock").sample(&rows);
+            t.lock().sample(&rows);
         }
     });
     Ok(tracker)

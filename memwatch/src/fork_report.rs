@@ -197,7 +197,6 @@ fn with_own_probes(args: &ForkReportArgs) -> Result<(), Fatal> {
             }
             let new: Vec<episodes::Episode> = tracker
                 .lock()
-                .expect("tracker lock")
                 .finished
                 .iter()
                 .filter(|e| e.id > seen && filter.keeps(e))

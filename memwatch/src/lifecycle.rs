@@ -3,11 +3,12 @@
 //! (so a stop during attach is prompt), the progress of the daemon's loops that
 //! /healthz and the systemd watchdog report, and what a reload changed.
 
+use parking_lot::Mutex;
 use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, OnceLock,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -210,10 +211,7 @@ impl Health {
             busy_ms: AtomicU64::new(0),
         });
         b.tick();
-        self.beats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(b.clone());
+        self.beats.lock().push(b.clone());
         b
     }
 
@@ -236,7 +234,6 @@ impl Health {
         let stalled = self
             .beats
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(|b| b.stalled(self.busy_limit))
             .collect();

@@ -1,9 +1,10 @@
 //! Small builders for Prometheus metric families, so collectors read as lists of
 //! samples instead of protobuf plumbing.
 
+use parking_lot::Mutex;
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc, Mutex,
+    Arc,
 };
 
 use prometheus::proto::{
@@ -442,15 +443,22 @@ impl PositionalCache {
             let mut r = make();
             r.key = key.to_string();
             r.variant = variant;
-            if k < self.0.len() {
-                self.0[k] = r;
-            } else {
-                self.0.push(r);
+            match self.0.get_mut(k) {
+                Some(slot) => *slot = r,
+                None => self.0.push(r),
             }
         }
-        let k = k.min(self.0.len() - 1);
+        // `k` is in range, or the push above made the last slot its entry.
+        let k = k.min(self.0.len().saturating_sub(1));
+        #[allow(clippy::indexing_slicing, reason = "not empty: filled above")]
         &self.0[k]
     }
+}
+
+/// `v[i]`, or 0 past its end: counter slots come from the shared layout, so a slot
+/// past the end is a build mismatch, which shows as zeros rather than a panic.
+pub fn at(v: &[u64], i: usize) -> u64 {
+    v.get(i).copied().unwrap_or(0)
 }
 
 /// Appends a sample value as the text format spells it: integers without a fraction,
@@ -470,22 +478,36 @@ pub fn push_value(out: &mut String, v: f64) {
 
 /// Appends an integer in decimal.
 pub fn push_int(out: &mut String, v: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
     if v < 0 {
         out.push('-');
     }
-    // ASCII digits.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+    let mut buf = itoa_buf::Buf::default();
+    out.push_str(buf.format(v.unsigned_abs()));
+}
+
+/// Decimal digits of a u64 without a heap allocation.
+mod itoa_buf {
+    #[derive(Default)]
+    pub struct Buf([u8; 20]);
+
+    impl Buf {
+        pub fn format(&mut self, mut n: u64) -> &str {
+            let mut start = self.0.len();
+            for slot in self.0.iter_mut().rev() {
+                *slot = b'0' + (n % 10) as u8;
+                start -= 1;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            // ASCII digits.
+            self.0
+                .get(start..)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .unwrap_or("0")
+        }
+    }
 }
 
 /// The figures of one bounded table of memwatch's own (userspace state keyed by
@@ -544,7 +566,7 @@ type NamedTable = (&'static str, Arc<TableGauge>);
 impl Tables {
     /// Adds a table (a second one of the same name replaces the first).
     pub fn add(&self, name: &'static str, table: Arc<TableGauge>) {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = self.0.lock();
         v.retain(|(n, _)| *n != name);
         v.push((name, table));
         v.sort_by_key(|(n, _)| *n);
@@ -552,7 +574,7 @@ impl Tables {
 
     /// Every table's (name, entries, capacity, evictions), by name.
     pub fn snapshot(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.0.lock();
         v.iter()
             .map(|(n, t)| {
                 let (e, c, x) = t.get();

@@ -43,7 +43,7 @@ impl Row {
     }
 
     pub fn sum(&self, cols: &[usize]) -> u64 {
-        cols.iter().map(|&c| self.counts[c]).sum()
+        cols.iter().filter_map(|&c| self.counts.get(c)).sum()
     }
 }
 
@@ -57,17 +57,15 @@ pub fn top_n<T>(
     tie: impl Fn(&T, &T) -> std::cmp::Ordering,
     keep_zero: bool,
 ) -> Vec<usize> {
-    let scores: Vec<u64> = items.iter().map(&score).collect();
-    let mut idx: Vec<usize> = (0..items.len())
-        .filter(|&i| keep_zero || scores[i] > 0)
+    let mut ranked: Vec<(u64, usize, &T)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (score(item), i, item))
+        .filter(|&(s, _, _)| keep_zero || s > 0)
         .collect();
-    idx.sort_by(|&a, &b| {
-        scores[b]
-            .cmp(&scores[a])
-            .then_with(|| tie(&items[a], &items[b]))
-    });
-    idx.truncate(n);
-    idx
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| tie(a.2, b.2)));
+    ranked.truncate(n);
+    ranked.into_iter().map(|(_, i, _)| i).collect()
 }
 
 /// A cgroup's running totals, and the update that last grew them.

@@ -1,7 +1,8 @@
 //! Fork-episode metrics: counts and distributions per watched command, the last
 //! episode's figures, and live COW of running episodes.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use prometheus::proto::MetricFamily;
 
@@ -37,7 +38,7 @@ impl Collector for Episodes {
     }
 
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        let t = self.tracker.lock();
         let mut count = Family::counter(
             "memwatch_fork_episodes_total",
             "Finished fork episodes (a watched process's fork to its child's exit).",

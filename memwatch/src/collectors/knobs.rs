@@ -8,10 +8,8 @@
 //! settings are one-hot: `memwatch_thp_enabled{mode}` is 1 for the active mode and 0 for
 //! every other mode the kernel offers. A knob this kernel lacks is absent.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
 
 use super::{
     procfs::{self, ReadBuf},
@@ -173,7 +171,7 @@ impl Collector for Knobs {
     }
 
     fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         for s in SYSCTLS {
             let path = self.vm_dir.join(s.file);
             if !state.read(&path)? {

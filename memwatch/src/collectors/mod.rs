@@ -157,7 +157,7 @@ pub struct Registry {
     clock: Instant,
     /// One render at a time (the server also shares one render among concurrent
     /// scrapes); a second caller waits.
-    rendering: std::sync::Mutex<()>,
+    rendering: parking_lot::Mutex<()>,
 }
 
 impl Default for Registry {
@@ -293,7 +293,7 @@ impl Registry {
     /// Runs every collector and returns the exposition in the text format; one that
     /// fails, panics or overruns the budget is logged and reported, the rest go on.
     pub fn render(&self) -> String {
-        let _one = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.rendering.lock();
         let start = Instant::now();
         let deadline = start + self.timeout;
         let (tx, rx) = mpsc::channel();
@@ -475,14 +475,14 @@ mod tests {
         assert!(text.contains("memwatch_scrape_collector_success{collector=\"two\"} 1\n"));
     }
     /// Blocks in `collect` until released: a read that hangs.
-    struct Blocking(Arc<std::sync::Mutex<mpsc::Receiver<()>>>);
+    struct Blocking(Arc<parking_lot::Mutex<mpsc::Receiver<()>>>);
 
     impl Collector for Blocking {
         fn name(&self) -> &'static str {
             "blocking"
         }
         fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-            let rx = self.0.lock().unwrap();
+            let rx = self.0.lock();
             let _ = rx.recv();
             let mut f = crate::metrics::Family::gauge("memwatch_blocked", "test");
             f.sample(&[], 1.0);
@@ -509,7 +509,7 @@ mod tests {
     fn a_stuck_or_panicking_collector_fails_alone() {
         let mut r = Registry::new(Duration::from_millis(1500));
         let (release, rx) = mpsc::channel();
-        let read = Arc::new(std::sync::Mutex::new(rx));
+        let read = Arc::new(parking_lot::Mutex::new(rx));
         r.register(Box::new(Blocking(read.clone())));
         r.register(Box::new(Panicking));
         let e = r.parse_errors("vmstat");
@@ -570,7 +570,7 @@ mod tests {
         // The next read returns at once.
         let (again, rx) = mpsc::channel();
         again.send(()).unwrap();
-        *read.lock().unwrap() = rx;
+        *read.lock() = rx;
         let third = r.render();
         assert!(has(&third, "memwatch_blocked 1"), "{third}");
         assert!(has(

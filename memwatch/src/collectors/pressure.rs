@@ -9,10 +9,8 @@
 //! exist but reads fail with EOPNOTSUPP) the metrics are absent and a debug line says
 //! why; that is not a collector failure.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
@@ -59,7 +57,7 @@ impl Collector for Pressure {
     }
 
     fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         let State {
             bufs,
             absent_logged,

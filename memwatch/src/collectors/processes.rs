@@ -9,11 +9,8 @@
 //! Cost: smaps_rollup walks the process's page tables under its mmap lock, so it grows
 //! with the process's resident size; the /proc scan reads one `comm` file per process.
 
-use std::{
-    collections::HashMap,
-    fs,
-    sync::{Arc, Mutex},
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, fs, sync::Arc};
 
 use super::{
     procfs::{self, ReadBuf},
@@ -177,7 +174,7 @@ impl Collector for Processes {
     }
 
     fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         let State { buf, names } = &mut *state;
         let (pids, over) = self.select(buf);
         let watched: Vec<Watched> = pids.into_iter().filter_map(|p| self.read(p, buf)).collect();

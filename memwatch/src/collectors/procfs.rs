@@ -208,7 +208,7 @@ pub fn is_event_counter(field: &str) -> bool {
 pub struct FieldFile {
     path: std::path::PathBuf,
     errors: super::ParseErrors,
-    state: std::sync::Mutex<(ReadBuf, crate::metrics::PositionalCache)>,
+    state: parking_lot::Mutex<(ReadBuf, crate::metrics::PositionalCache)>,
 }
 
 /// One parsed line: the field's name, a variant of its rendering (e.g. its unit), and
@@ -236,7 +236,7 @@ impl FieldFile {
         render: impl Fn(&str, u8) -> crate::metrics::Rendered,
     ) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         let (buf, cache) = &mut *state;
         buf.read(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;

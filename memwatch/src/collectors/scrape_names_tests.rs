@@ -5,9 +5,10 @@
 //! (`UPDATE_GOLDEN=1` rewrites it; review the diff). A metric or label renamed,
 //! dropped or added anywhere shows here.
 
+use parking_lot::Mutex;
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use memwatch_common::{proc, Event, EVENT_EXIT, EVENT_FORK};

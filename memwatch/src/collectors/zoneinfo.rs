@@ -6,10 +6,10 @@
 //! The per-CPU `pagesets` blocks are read past and not exported: their size grows with
 //! the CPU count, which would make the label set unbounded.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use anyhow::Context as _;
@@ -208,8 +208,11 @@ fn write_protection(zones: &[Zone], out: &mut Text, refused: &mut u64) {
             .map(|y| y.zone)
             .collect();
         for (i, v) in z.protection.iter().enumerate() {
-            let alloc_zone = if node_zones.len() == z.protection.len() {
-                node_zones[i]
+            let alloc_zone = if let Some(&zone) = node_zones
+                .get(i)
+                .filter(|_| node_zones.len() == z.protection.len())
+            {
+                zone
             } else {
                 index.clear();
                 crate::metrics::push_int(&mut index, i as i64);
@@ -304,7 +307,7 @@ impl Collector for Zoneinfo {
     }
 
     fn write_text(&self, out: &mut Text) -> anyhow::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         let (buf, names) = &mut *state;
         buf.read(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;

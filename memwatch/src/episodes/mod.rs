@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Episodes as Config, Tables as Caps},
     host::Host,
+    metrics::at,
     metrics::{TableGauge, Tables},
     parse::{comm_str, in_cgroup, CommPattern},
 };
@@ -145,10 +146,15 @@ pub enum CowSource {
 impl CowSource {
     fn pages(self, c: &Counts) -> u64 {
         match self {
-            CowSource::Copies => c[proc::COW_COPIES],
+            CowSource::Copies => at(c, proc::COW_COPIES),
             CowSource::WriteProtectFaults => {
-                c[fault::slot(fault::KIND_WRITE_PROTECT, fault::MODE_USER) as usize]
-                    + c[fault::slot(fault::KIND_WRITE_PROTECT, fault::MODE_KERNEL) as usize]
+                at(
+                    c,
+                    fault::slot(fault::KIND_WRITE_PROTECT, fault::MODE_USER) as usize,
+                ) + at(
+                    c,
+                    fault::slot(fault::KIND_WRITE_PROTECT, fault::MODE_KERNEL) as usize,
+                )
             }
         }
     }
@@ -587,7 +593,7 @@ impl Tracker {
             ..
         } = a;
         let end = rows.row(episode.pid).unwrap_or(start);
-        let d = |i: usize| end[i].saturating_sub(start[i]);
+        let d = |i: usize| at(&end, i).saturating_sub(at(&start, i));
         let child = rows.row(episode.child_pid).unwrap_or([0; proc::COUNTERS]);
         episode.active = false;
         episode.child_exit_code = code;
@@ -596,12 +602,15 @@ impl Tracker {
         episode.parent_cow_bytes = episode.parent_cow_pages * self.page_size;
         episode.child_cow_pages = self.cow.pages(&child);
         episode.child_cow_bytes = episode.child_cow_pages * self.page_size;
-        episode.child_new_bytes = (child
-            [fault::slot(fault::KIND_WRITE_NOT_PRESENT, fault::MODE_USER) as usize]
-            + child[fault::slot(fault::KIND_WRITE_NOT_PRESENT, fault::MODE_KERNEL) as usize])
-            * self.page_size;
+        episode.child_new_bytes = (at(
+            &child,
+            fault::slot(fault::KIND_WRITE_NOT_PRESENT, fault::MODE_USER) as usize,
+        ) + at(
+            &child,
+            fault::slot(fault::KIND_WRITE_NOT_PRESENT, fault::MODE_KERNEL) as usize,
+        )) * self.page_size;
         episode.cow_fault_seconds = d(proc::WP_NS) as f64 * 1e-9;
-        episode.longest_cow_fault_seconds = end[proc::WP_MAX_NS] as f64 * 1e-9;
+        episode.longest_cow_fault_seconds = at(&end, proc::WP_MAX_NS) as f64 * 1e-9;
         episode.thp_cow_faults = d(proc::THP_WP_FAULTS);
         episode.reclaim_stall_seconds =
             (d(proc::DIRECT_RECLAIM_NS) + d(proc::MEMCG_RECLAIM_NS)) as f64 * 1e-9;

@@ -152,3 +152,25 @@ pub struct Counters {
     pub devices: Vec<Device>,
     pub page_size: u64,
 }
+
+pub use crate::metrics::at;
+
+impl Counters {
+    /// One `GLOBALS` slot (0 for a slot the object does not have).
+    pub fn global(&self, slot: usize) -> u64 {
+        at(&self.globals, slot)
+    }
+
+    /// The sum of some `GLOBALS` slots.
+    pub fn globals_sum(&self, slots: &[usize]) -> u64 {
+        slots.iter().map(|&s| self.global(s)).sum()
+    }
+
+    /// One node's counter (0 when absent).
+    pub fn node_val(&self, nid: usize, counter: usize) -> u64 {
+        at(
+            &self.node_vals,
+            nid * memwatch_common::node::COUNTERS + counter,
+        )
+    }
+}

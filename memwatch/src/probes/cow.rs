@@ -200,6 +200,6 @@ fn copied_bytes(c: &Counters, out: &mut Vec<MetricFamily>) {
         "memwatch_cow_copied_bytes_total",
         "Bytes copied by copy-on-write (copies times the page size).",
     );
-    f.sample(&[], (c.globals[proc::COW_COPIES] * c.page_size) as f64);
+    f.sample(&[], (c.global(proc::COW_COPIES) * c.page_size) as f64);
     f.push_to(out);
 }

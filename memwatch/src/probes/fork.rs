@@ -346,7 +346,7 @@ pub fn compile_comm(pattern: &str) -> Result<Option<CommPattern>, String> {
             kind: watch::EXACT,
             prefix_len: pattern.len() as u32,
             prefix: words(pattern.as_bytes(), 0),
-            prefix_mask: words(&[0xff; 16][..pattern.len()], 0),
+            prefix_mask: mask(pattern.len(), 0),
             ..CommPattern::default()
         }));
     }
@@ -375,10 +375,16 @@ pub fn compile_comm(pattern: &str) -> Result<Option<CommPattern>, String> {
         suffix_len: last.len() as u32,
         _pad: 0,
         prefix: words(first.as_bytes(), 0),
-        prefix_mask: words(&[0xff; 16][..first.len()], 0),
-        suffix: words(last.as_bytes(), 16 - last.len()),
-        suffix_mask: words(&[0xff; 16][..last.len()], 16 - last.len()),
+        prefix_mask: mask(first.len(), 0),
+        suffix: words(last.as_bytes(), 16usize.saturating_sub(last.len())),
+        suffix_mask: mask(last.len(), 16usize.saturating_sub(last.len())),
     }))
+}
+
+/// `len` bytes of 0xff at `at` of a 16-byte comm, as `words` lays them out.
+fn mask(len: usize, at: usize) -> [u64; 2] {
+    let ones = [0xffu8; 16];
+    words(ones.get(..len).unwrap_or(&ones), at)
 }
 
 /// Whether fork episodes can be tracked: forks and exits are both seen.

@@ -236,7 +236,8 @@ fn attach_one(
 ) -> Result<Option<&'static str>, String> {
     let function = attach.function().map(|f| {
         let all: Vec<&'static str> = f.split('|').collect();
-        (all[alt.min(all.len() - 1)], all.len() > 1)
+        let pick = all.get(alt).or(all.last()).copied().unwrap_or(f);
+        (pick, all.len() > 1)
     });
     let named = |r: Result<(), String>| match function {
         Some((f, true)) => r.map(|()| Some(f)).map_err(|e| format!("{f}: {e}")),

@@ -259,7 +259,7 @@ fn dirtied_per_device(c: &Counters, out: &mut Vec<MetricFamily>) {
     }
     f.sample(
         &[("device", "other")],
-        c.globals[proc::DIRTIED].saturating_sub(shown) as f64,
+        c.global(proc::DIRTIED).saturating_sub(shown) as f64,
     );
     f.push_to(out);
 }
@@ -288,7 +288,7 @@ fn written_per_device(c: &Counters, out: &mut Vec<MetricFamily>) {
                 f.sample(&[("device", dev), ("reason", &reason)], *n as f64);
             }
         }
-        let rest = c.globals[global::WRITTEN + r].saturating_sub(shown);
+        let rest = c.global(global::WRITTEN + r).saturating_sub(shown);
         if rest > 0 {
             f.sample(&[("device", "other"), ("reason", &reason)], rest as f64);
         }

@@ -5,9 +5,10 @@
 //! made at start, so a scraper with the right password costs one bcrypt, not one per
 //! scrape, and no password is kept in memory.
 
+use parking_lot::Mutex;
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
 };
 
 use axum::http::HeaderValue;
@@ -82,8 +83,8 @@ impl Auth {
         ok
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, bool>> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    fn cache(&self) -> parking_lot::MutexGuard<'_, HashMap<Vec<u8>, bool>> {
+        self.cache.lock()
     }
 }
 

@@ -3,11 +3,12 @@
 //! many scrapes may be in flight, and the one render that concurrent scrapes share.
 //! What the limits turn away is counted (`Stats`, exported by `HttpCollector`).
 
+use parking_lot::Mutex;
 use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc,
     },
     task::{Context, Poll},
     time::Duration,
@@ -187,10 +188,6 @@ impl crate::collectors::Collector for HttpCollector {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Where a connection is in its life, for its deadline and for eviction.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
@@ -237,7 +234,7 @@ impl Conn {
 
     /// Bytes arrived.
     fn on_read(&self) {
-        let mut p = lock(&self.phase);
+        let mut p = self.phase.lock();
         if let Phase::Idle { since, fresh } = *p {
             *p = Phase::Reading {
                 since: if fresh { since } else { Instant::now() },
@@ -247,12 +244,12 @@ impl Conn {
 
     /// The request's headers are in: the service runs.
     pub fn begin_request(&self) {
-        *lock(&self.phase) = Phase::Busy;
+        *self.phase.lock() = Phase::Busy;
     }
 
     /// The response is out: wait for the next request.
     pub fn end_request(&self) {
-        *lock(&self.phase) = Phase::Idle {
+        *self.phase.lock() = Phase::Idle {
             since: Instant::now(),
             fresh: false,
         };
@@ -261,7 +258,7 @@ impl Conn {
 
     /// When this connection may be closed unless it moves on, and how.
     fn deadline(&self, l: &Limits) -> Option<(Instant, Close)> {
-        match *lock(&self.phase) {
+        match *self.phase.lock() {
             Phase::Idle { since, fresh: true } | Phase::Reading { since } => {
                 Some((since + l.header_read_timeout, Close::Timeout))
             }
@@ -275,12 +272,12 @@ impl Conn {
 
     /// Whether a request is being answered.
     pub fn busy(&self) -> bool {
-        matches!(*lock(&self.phase), Phase::Busy)
+        matches!(*self.phase.lock(), Phase::Busy)
     }
 
     /// When it started waiting, if it is not busy (the eviction order: oldest first).
     fn waiting_since(&self) -> Option<Instant> {
-        match *lock(&self.phase) {
+        match *self.phase.lock() {
             Phase::Idle { since, .. } | Phase::Reading { since } => Some(since),
             Phase::Busy => None,
         }
@@ -346,7 +343,7 @@ impl Table {
     /// waited longest without a request in flight (told to close); None when every
     /// connection has a request in flight (counted).
     pub fn admit(self: &Arc<Self>) -> Option<Slot> {
-        let mut conns = lock(&self.conns);
+        let mut conns = self.conns.lock();
         if conns.len() >= self.max {
             let victim = conns
                 .iter()
@@ -372,7 +369,7 @@ impl Table {
     }
 
     fn remove(&self, conn: &Arc<Conn>) {
-        let mut conns = lock(&self.conns);
+        let mut conns = self.conns.lock();
         conns.retain(|c| !Arc::ptr_eq(c, conn));
         self.stats.open.store(conns.len(), Ordering::Relaxed);
     }
@@ -478,7 +475,7 @@ impl Renders {
             return None;
         }
         let mut rx = {
-            let mut cur = lock(&self.current);
+            let mut cur = self.current.lock();
             match &*cur {
                 Some(rx) => {
                     log::debug!("scrape joins the render in flight ({n} scrapes in flight)");
@@ -496,7 +493,7 @@ impl Renders {
                             .await
                             .map(Bytes::from)
                             .map_err(|e| e.to_string());
-                        *lock(&current) = None;
+                        *current.lock() = None;
                         let _ = tx.send(Some(r));
                     });
                     rx
@@ -534,7 +531,7 @@ mod tests {
         let c = t.admit().unwrap();
         assert_eq!(stats.rejected(Reject::Evicted), 1);
         assert_eq!(stats.open.load(Ordering::Relaxed), 2);
-        assert!(lock(&t.conns).iter().all(|x| !Arc::ptr_eq(x, &a.conn)));
+        assert!(t.conns.lock().iter().all(|x| !Arc::ptr_eq(x, &a.conn)));
         // b and c busy: a fourth is turned away.
         b.conn.begin_request();
         c.conn.begin_request();
@@ -542,8 +539,8 @@ mod tests {
         assert_eq!(stats.rejected(Reject::Connections), 1);
         c.conn.end_request();
         let d = t.admit().unwrap();
-        assert!(lock(&t.conns).iter().any(|x| Arc::ptr_eq(x, &d.conn)));
-        assert!(lock(&t.conns).iter().all(|x| !Arc::ptr_eq(x, &c.conn)));
+        assert!(t.conns.lock().iter().any(|x| Arc::ptr_eq(x, &d.conn)));
+        assert!(t.conns.lock().iter().all(|x| !Arc::ptr_eq(x, &c.conn)));
         drop((a, b, c, d));
         assert_eq!(stats.open.load(Ordering::Relaxed), 0);
     }

@@ -10,13 +10,9 @@ pub mod auth;
 pub mod limits;
 pub mod web_config;
 
+use parking_lot::Mutex;
 use std::{
-    convert::Infallible,
-    future::Future,
-    net::SocketAddr,
-    path::Path,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    convert::Infallible, future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration,
 };
 
 use axum::{
@@ -349,7 +345,7 @@ async fn episodes(
     let Some(tracker) = state.episodes else {
         return Json(EpisodesResponse::default());
     };
-    let t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+    let t = tracker.lock();
     Json(EpisodesResponse {
         tracking: true,
         active: t.active().into_iter().filter(|e| filter.keeps(e)).collect(),

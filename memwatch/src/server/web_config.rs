@@ -7,10 +7,11 @@
 //! `WebConfigHandle` holds the active one and swaps in a new one on `reload` (for new
 //! connections; on an error the old one stays).
 
+use parking_lot::RwLock;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use axum::http::{HeaderName, HeaderValue};
@@ -600,10 +601,7 @@ impl WebConfigHandle {
 
     /// The config new connections get.
     pub fn current(&self) -> Arc<Active> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current.read().clone()
     }
 
     /// Re-reads the file and the files it names; when all is well, new connections get
@@ -632,10 +630,7 @@ impl WebConfigHandle {
         if old.config.headers != new.config.headers {
             changed.push("http_server_config.headers");
         }
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+        *self.current.write() = Arc::new(new);
         Ok(Changed(changed))
     }
 }

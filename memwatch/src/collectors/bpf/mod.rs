@@ -9,10 +9,8 @@ pub(super) mod golden_tests;
 mod read;
 mod render;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use parking_lot::Mutex;
+use std::{sync::Arc, time::Instant};
 
 use aya::Ebpf;
 use prometheus::proto::MetricFamily;
@@ -92,7 +90,7 @@ impl Bpf {
         // never behind the rows read before them (the per-process counters' globals
         // come with the caches, read after the table).
         let (rows, totals, inconsistent) = {
-            let mut table = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut table = self.procs.lock();
             let (rows, totals) = table.read()?;
             let rows = live.age(
                 rows,
@@ -139,8 +137,10 @@ impl Bpf {
         // Only the names of the processes shown are looked up; a live process's
         // current name wins over the one the kernel kept.
         for i in render::shown(&s.rows, &self.attached, self.top_n) {
-            if let Some(c) = self.host.comm(s.rows[i].tgid) {
-                s.rows[i].comm = c;
+            if let Some(row) = s.rows.get_mut(i) {
+                if let Some(c) = self.host.comm(row.tgid) {
+                    row.comm = c;
+                }
             }
         }
         Ok(s)
@@ -153,7 +153,7 @@ pub struct ProcRows(Arc<Mutex<ProcTable>>);
 
 impl crate::episodes::RowSource for ProcRows {
     fn row(&self, tgid: u32) -> Option<crate::episodes::Counts> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).row(tgid)
+        self.0.lock().row(tgid)
     }
 }
 
@@ -163,7 +163,7 @@ impl Collector for Bpf {
     }
 
     fn collect(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let mut live = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.liveness.lock();
         let snapshot = self.read(&mut live)?;
         out.extend(render::render(&snapshot, &self.attached, self.top_n));
         Ok(())

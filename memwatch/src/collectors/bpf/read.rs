@@ -184,14 +184,16 @@ impl ProcTable {
                 ));
                 rows.len() - 1
             });
-            add_cache(&mut rows[i].counts, c);
+            if let Some(r) = rows.get_mut(i) {
+                add_cache(&mut r.counts, c);
+            }
         }
         if !moved.is_empty() {
             match self.reread(&moved)? {
                 Some((fixed, later)) => {
                     for (tgid, comm, counts) in fixed {
-                        match at.get(&tgid) {
-                            Some(&i) => rows[i].counts = counts,
+                        match at.get(&tgid).and_then(|&i| rows.get_mut(i)) {
+                            Some(r) => r.counts = counts,
                             None => {
                                 at.insert(tgid, rows.len());
                                 rows.push(Row { tgid, comm, counts });
@@ -284,8 +286,8 @@ impl Maps {
                 .or_insert(([0; hist::BUCKETS], 0));
             if k.bucket == hist::SUM_BUCKET {
                 e.1 += v;
-            } else if (k.bucket as usize) < hist::BUCKETS {
-                e.0[k.bucket as usize] += v;
+            } else if let Some(b) = e.0.get_mut(k.bucket as usize) {
+                *b += v;
             }
         }
         Ok(by)
@@ -312,9 +314,9 @@ impl Maps {
         let mut out = Vec::new();
         for item in self.devices.iter() {
             let (k, v) = item.context("reading DEVICES")?;
-            let end = k.name.iter().position(|&b| b == 0).unwrap_or(k.name.len());
+            let name = k.name.split(|&b| b == 0).next().unwrap_or_default();
             out.push(Device {
-                name: String::from_utf8_lossy(&k.name[..end]).into_owned(),
+                name: String::from_utf8_lossy(name).into_owned(),
                 what: k.what,
                 reason: k.reason,
                 pages: v,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use memwatch_common::{hist, node};
+use memwatch_common::hist;
 use prometheus::proto::MetricFamily;
 
 use super::read::Counts;
@@ -12,7 +12,7 @@ use crate::{
     collectors::attribution::{top_n, Row, OTHER_CGROUP, OTHER_COMM, OTHER_PID},
     metrics::Family,
     probes::{
-        catalogue::{Attached, Counters, Feeds, Hist, KeyedHist, Metric, Series},
+        catalogue::{at, Attached, Counters, Feeds, Hist, KeyedHist, Metric, Series},
         table::AREAS,
     },
 };
@@ -77,7 +77,7 @@ fn cols_of(series: &[&Series]) -> Vec<usize> {
 }
 
 fn sum(counts: &Counts, cols: &[usize]) -> u64 {
-    cols.iter().map(|&c| counts[c]).sum()
+    cols.iter().filter_map(|&c| counts.get(c)).sum()
 }
 
 /// The top processes of a metric.
@@ -157,7 +157,7 @@ fn top_plus_other(
     out: &mut Vec<MetricFamily>,
 ) {
     for s in series {
-        let global: u64 = s.cols.iter().map(|&c| globals[c]).sum();
+        let global: u64 = s.cols.iter().map(|&c| at(globals, c)).sum();
         let mut shown = 0u64;
         for (ids, counts) in top {
             let n = sum(counts, s.cols);
@@ -188,12 +188,12 @@ fn render_proc_metric(
 ) {
     let globals = &s.counters.globals;
     let top = top_procs(&s.rows, series, n);
-    let pids: Vec<String> = top.iter().map(|&i| s.rows[i].tgid.to_string()).collect();
+    let top: Vec<&Row> = top.iter().filter_map(|&i| s.rows.get(i)).collect();
+    let pids: Vec<String> = top.iter().map(|r| r.tgid.to_string()).collect();
     let rows: Vec<(Ids, &Counts)> = top
         .iter()
         .zip(&pids)
-        .map(|(&i, pid)| {
-            let r = &s.rows[i];
+        .map(|(r, pid)| {
             (
                 vec![("pid", pid.as_str()), ("comm", r.comm.as_str())],
                 &r.counts,
@@ -215,7 +215,8 @@ fn render_proc_metric(
     let top = top_n(&cgs, n, |c| sum(c.1, &cols), |a, b| a.0.cmp(b.0), false);
     let cgs: Vec<(Ids, &Counts)> = top
         .iter()
-        .map(|&i| (vec![("cgroup", cgs[i].0.as_str())], cgs[i].1))
+        .filter_map(|&i| cgs.get(i))
+        .map(|(path, counts)| (vec![("cgroup", path.as_str())], *counts))
         .collect();
     let f = Family::counter(
         format!("memwatch_cgroup_{}", m.name),
@@ -270,10 +271,9 @@ fn render_keyed_hist(out: &mut Vec<MetricFamily>, s: &Snapshot, k: &KeyedHist, n
         true,
     );
     let mut rest = global_hist(s, h.hist);
-    let mut rest_sum = s.counters.globals[h.sum_col];
+    let mut rest_sum = s.counters.global(h.sum_col);
     let mut f = Family::histogram(h.name, h.help);
-    for &i in &top {
-        let ((_, tgid, comm), (counts, sum)) = groups[i];
+    for ((_, tgid, comm), (counts, sum)) in top.iter().filter_map(|&i| groups.get(i).copied()) {
         for (r, c) in rest.iter_mut().zip(counts.iter()) {
             *r = r.saturating_sub(*c);
         }
@@ -304,7 +304,7 @@ fn render_hist(out: &mut Vec<MetricFamily>, s: &Snapshot, h: &Hist) {
         &[],
         &buckets,
         count,
-        s.counters.globals[h.sum_col] as f64 * 1e-9,
+        s.counters.global(h.sum_col) as f64 * 1e-9,
     );
     f.push_to(out);
 }
@@ -313,7 +313,7 @@ fn render_hist(out: &mut Vec<MetricFamily>, s: &Snapshot, h: &Hist) {
 fn render_counter(out: &mut Vec<MetricFamily>, s: &Snapshot, m: &Metric) {
     let mut f = Family::counter(m.name, m.help);
     for series in m.series {
-        let v: u64 = series.cols.iter().map(|&c| s.counters.globals[c]).sum();
+        let v = s.counters.globals_sum(series.cols);
         let labels: Vec<(&str, &str)> = m.label.map(|l| (l, series.value)).into_iter().collect();
         f.sample(&labels, v as f64 * m.scale);
     }
@@ -326,9 +326,8 @@ fn render_node_metric(out: &mut Vec<MetricFamily>, s: &Snapshot, m: &Metric) {
     let mut f = Family::counter(m.name, m.help);
     for &nid in &c.nodes {
         let n = nid.to_string();
-        let base = nid * node::COUNTERS;
         for series in m.series {
-            let v: u64 = series.cols.iter().map(|&i| c.node_vals[base + i]).sum();
+            let v: u64 = series.cols.iter().map(|&i| c.node_val(nid, i)).sum();
             let mut labels = vec![("node", n.as_str())];
             if let Some(l) = m.label {
                 labels.push((l, series.value));
