@@ -5,6 +5,12 @@
 //! collector and the episode tracker reads through one `Host`, so the roots apply
 //! everywhere and a test can point them at a fixture tree.
 
+// Parsers of what the kernel (or a hostile fixture) writes: no panic reachable from input.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::{
     io,
     path::{Path, PathBuf},
