@@ -422,8 +422,8 @@ mod tests {
         b
     }
 
-    /// Found by the `btf` fuzz target: a struct whose anonymous member is the struct
-    /// itself made `member` recurse until the stack overflowed.
+    /// Found in review while writing the `btf` fuzz target: a struct whose anonymous
+    /// member is the struct itself made `member` recurse until the stack overflowed.
     #[test]
     fn self_nesting_struct_is_not_followed_forever() {
         // 1: struct s (size 4) { <anonymous> : struct s at bit 0 }

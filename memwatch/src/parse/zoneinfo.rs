@@ -254,7 +254,7 @@ impl Parsed<'_> {
 mod tests {
     use super::*;
 
-    /// Found by the `zoneinfo` fuzz target's kind of input: free page counts near
+    /// Found in review for the `zoneinfo` fuzz target: free page counts near
     /// u64::MAX in two zones overflowed the sum (a panic with overflow checks on).
     #[test]
     fn totals_saturate() {
