@@ -3,6 +3,10 @@
 //! ran, how long, what it crashed on and how big its corpus is. Fails on any crash;
 //! the crashing input stays in fuzz/artifacts/<target>/.
 //!
+//! The build goes to a cache outside the work tree (`build_dir`), so clones on one
+//! machine share the compiled dependencies (a fresh clone's CI run builds only
+//! memwatch and the targets when the cache is warm).
+//!
 //! Corpora: the committed seeds in fuzz/corpus/<target>/ are read, never written; what
 //! a run discovers goes to fuzz/target/corpus/<target>/ (kept between runs, not in the
 //! repository). `--merge` folds that back into fuzz/corpus/<target>/, minimized, for a
@@ -73,6 +77,24 @@ pub struct TargetRun {
 
 fn fuzz_dir() -> PathBuf {
     workspace_root().join("fuzz")
+}
+
+/// Cargo's target directory for the fuzz build: `$MEMWATCH_FUZZ_TARGET_DIR`, else
+/// `$XDG_CACHE_HOME/memwatch-fuzz`, else `/var/cache/memwatch-fuzz` for root and
+/// `~/.cache/memwatch-fuzz` for others (as the VM kernels' cache).
+pub fn build_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MEMWATCH_FUZZ_TARGET_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("memwatch-fuzz");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return "/var/cache/memwatch-fuzz".into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/memwatch-fuzz")
 }
 
 /// The target names: the file stems in fuzz/fuzz_targets, sorted.
@@ -155,13 +177,16 @@ pub fn run(args: &FuzzArgs) -> Result<Vec<TargetRun>> {
     };
 
     let started = Instant::now();
-    let build: &[&str] = if args.quick {
-        &["build", "--dev", "-s", "none"]
+    let target_dir = build_dir();
+    let target_dir_arg = target_dir.display().to_string();
+    let mut build = vec!["build", "--target-dir", &target_dir_arg];
+    if args.quick {
+        build.extend(["--dev", "-s", "none"]);
     } else {
-        &["build", "-O"]
-    };
+        build.push("-O");
+    }
     eprintln!("xtask: cargo fuzz {}", build.join(" "));
-    let status = cargo_fuzz(build)
+    let status = cargo_fuzz(&build)
         .status()
         .context("running cargo fuzz build (is the nightly installed? `cargo xtask setup`)")?;
     if !status.success() {
@@ -173,7 +198,7 @@ pub fn run(args: &FuzzArgs) -> Result<Vec<TargetRun>> {
     );
 
     let profile = if args.quick { "debug" } else { "release" };
-    let bin_dir = dir.join("target").join(TRIPLE).join(profile);
+    let bin_dir = target_dir.join(TRIPLE).join(profile);
     let mut results = Vec::new();
     for t in &chosen {
         let r = run_one(&dir, &bin_dir, t, args.seconds)?;
@@ -198,10 +223,10 @@ pub fn run(args: &FuzzArgs) -> Result<Vec<TargetRun>> {
         for r in &crashed {
             for a in &r.crashes {
                 eprintln!(
-                    "xtask: fuzz {}: {} (reproduce: cd fuzz && {PLACEHOLDER_ENV}=1 cargo +nightly fuzz run {} {})",
+                    "xtask: fuzz {}: {} (replay: {} {})",
                     r.target,
                     a.display(),
-                    r.target,
+                    bin_dir.join(&r.target).display(),
                     a.display()
                 );
             }
