@@ -188,8 +188,8 @@ fn test_run(args: &TestArgs, started: std::time::Instant) -> Result<bool> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     ebpf_clippy()?;
     // Every fuzz target for a few seconds, from its committed corpus: a parser change
-    // that panics on a known input fails here (about 2.5 min with the build on two busy
-    // cores, README).
+    // that panics on a known input fails here (about 1 min with the build cache warm,
+    // 2m40s empty, on two busy cores: README).
     fuzz::run(&fuzz::FuzzArgs::smoke(FUZZ_SMOKE_SECONDS))?;
     // One test binary at a time, one test thread each: the root tests load
     // probes and run workloads whose counts must not mix.
