@@ -445,7 +445,7 @@ mod tests {
             0,
             (KIND_UNION << 24) | 1,
             4,
-            3,
+            7,
             1,
             u32::MAX,
             5,
