@@ -23,6 +23,10 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// How deep anonymous struct and union members are searched (the kernel's own types
+/// nest a few levels).
+const MAX_NESTING: u32 = 16;
+
 #[derive(Debug, Clone)]
 struct Type {
     name: u32,
@@ -57,10 +61,10 @@ fn sections(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let type_len = u32_at(b, 12)? as usize;
     let str_off = u32_at(b, 16)? as usize;
     let str_len = u32_at(b, 20)? as usize;
-    let tstart = hdr_len + type_off;
-    let sstart = hdr_len + str_off;
-    let strings = b.get(sstart..sstart + str_len)?;
-    let tb = b.get(tstart..tstart + type_len)?;
+    let tstart = hdr_len.checked_add(type_off)?;
+    let sstart = hdr_len.checked_add(str_off)?;
+    let strings = b.get(sstart..sstart.checked_add(str_len)?)?;
+    let tb = b.get(tstart..tstart.checked_add(type_len)?)?;
     Some((tb, strings))
 }
 
@@ -168,8 +172,8 @@ impl Btf {
 
     fn str(&self, off: u32) -> &str {
         let s = self.strings.get(off as usize..).unwrap_or(&[]);
-        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-        std::str::from_utf8(&s[..end]).unwrap_or("")
+        let s = s.split(|&c| c == 0).next().unwrap_or(&[]);
+        std::str::from_utf8(s).unwrap_or("")
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -190,15 +194,21 @@ impl Btf {
     /// struct and union members.
     pub fn member(&self, name: &str, member: &str) -> Option<(u32, u32)> {
         self.by_name.get(name)?.iter().find_map(|&id| {
-            let t = &self.types[id as usize];
+            let t = self.types.get(id as usize)?;
             (t.kind == KIND_STRUCT && !t.members.is_empty())
-                .then(|| self.find_member(t, member))
+                .then(|| self.find_member(t, member, 0))
                 .flatten()
                 .map(|(bits, size)| (bits / 8, size))
         })
     }
 
-    fn find_member(&self, t: &Type, member: &str) -> Option<(u32, u32)> {
+    /// `member` in `t` or in its anonymous members, `depth` levels down already. A
+    /// malformed blob can make an anonymous member contain its own struct, so the
+    /// search stops at `MAX_NESTING` levels rather than recursing without end.
+    fn find_member(&self, t: &Type, member: &str, depth: u32) -> Option<(u32, u32)> {
+        if depth > MAX_NESTING {
+            return None;
+        }
         for &(name, ty, off) in &t.members {
             let bits = if t.kind_flag { off & 0xff_ffff } else { off };
             if name != 0 && self.str(name) == member {
@@ -211,8 +221,8 @@ impl Btf {
             if name == 0 {
                 if let Some(inner) = self.resolve(ty) {
                     if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                        if let Some((b, s)) = self.find_member(inner, member) {
-                            return Some((bits + b, s));
+                        if let Some((b, s)) = self.find_member(inner, member, depth + 1) {
+                            return bits.checked_add(b).map(|bits| (bits, s));
                         }
                     }
                 }
@@ -224,7 +234,7 @@ impl Btf {
     /// The value of `variant` in enum `name`.
     pub fn enum_value(&self, name: &str, variant: &str) -> Option<i64> {
         self.by_name.get(name)?.iter().find_map(|&id| {
-            let t = &self.types[id as usize];
+            let t = self.types.get(id as usize)?;
             matches!(t.kind, KIND_ENUM | KIND_ENUM64)
                 .then(|| {
                     t.values
@@ -388,6 +398,59 @@ mod tests {
         assert_eq!(btf.member("s", "zz"), None);
         assert_eq!(btf.enum_value("e", "X"), Some(5));
         assert_eq!(btf.enum_value("e", "Y"), None);
+    }
+
+    /// A blob of the given type section (u32 words) and string section.
+    fn raw_blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&[1, 0]);
+        let tlen = (types.len() * 4) as u32;
+        for v in [24u32, 0, tlen, tlen, strings.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in types {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(strings);
+        b
+    }
+
+    /// Found in review while writing the `btf` fuzz target: a struct whose anonymous
+    /// member is the struct itself made `member` recurse until the stack overflowed.
+    #[test]
+    fn self_nesting_struct_is_not_followed_forever() {
+        // 1: struct s (size 4) { <anonymous> : struct s at bit 0 }
+        let types = [1, (KIND_STRUCT << 24) | 1, 4, 0, 1, 0];
+        let btf = Btf::parse(&raw_blob(&types, b"\0s\0")).unwrap();
+        assert_eq!(btf.member("s", "x"), None);
+    }
+
+    /// Bit offsets that add up past u32 are no member, not an overflow.
+    #[test]
+    fn nested_offsets_that_overflow_are_none() {
+        // 1: int; 2: union { x: int at u32::MAX bits }; 3: struct s { <anon>: 2 at
+        // u32::MAX bits }.
+        let types = [
+            1,
+            KIND_INT << 24,
+            4,
+            32,
+            0,
+            (KIND_UNION << 24) | 1,
+            4,
+            7,
+            1,
+            u32::MAX,
+            5,
+            (KIND_STRUCT << 24) | 1,
+            4,
+            0,
+            2,
+            u32::MAX,
+        ];
+        let btf = Btf::parse(&raw_blob(&types, b"\0int\0s\0x\0")).unwrap();
+        assert_eq!(btf.member("s", "x"), None);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! cgroup hierarchy) and what is read per process (comm, status, cgroup). Every
 //! collector and the episode tracker reads through one `Host`, so the roots apply
 //! everywhere and a test can point them at a fixture tree.
-
 use std::{
     io,
     path::{Path, PathBuf},

@@ -3,13 +3,15 @@
 //! here at start-up and handed to the programs as globals.
 
 use std::{
-    ffi::CString,
     io,
     path::{Path, PathBuf},
 };
 
 /// Where tracefs is looked for, in order.
-const CANDIDATES: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+const CANDIDATES: &[&str] = &[MOUNT_POINT, "/sys/kernel/debug/tracing"];
+
+/// Where tracefs is mounted when no candidate has it.
+const MOUNT_POINT: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
@@ -46,10 +48,8 @@ impl Tracefs {
         if let Some(t) = Self::find() {
             return Ok((t, false));
         }
-        let target = CANDIDATES[0];
-        let src = CString::new("nodev").expect("no NUL");
-        let dst = CString::new(target).expect("no NUL");
-        let fstype = CString::new("tracefs").expect("no NUL");
+        let (src, dst, fstype) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
+        debug_assert_eq!(dst.to_str(), Ok(MOUNT_POINT));
         // SAFETY: valid NUL-terminated strings; no data argument.
         let rc = unsafe {
             libc::mount(
@@ -198,14 +198,15 @@ fn parse_field(line: &str) -> Result<Field, String> {
 fn split_decl(decl: &str) -> Option<(String, String)> {
     let (head, last) = decl.rsplit_once(char::is_whitespace)?;
     let (name, array) = match last.find('[') {
-        Some(i) => (&last[..i], &last[i..]),
+        Some(i) => last.split_at_checked(i)?,
         None => (last, ""),
     };
     let name = name.trim_start_matches('*');
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return None;
     }
-    let stars = &last[..last.len() - last.trim_start_matches('*').len()];
+    // The leading `*`s (one byte each), as in `*ptr`.
+    let stars = last.get(..last.len() - last.trim_start_matches('*').len())?;
     Some((format!("{}{stars}{array}", head.trim()), name.to_string()))
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use common::{eventually, root_or_skip, workload::Ctl, workload::Workload, Agent, TempFile};
 
@@ -212,7 +212,7 @@ fn settled(agent: &Agent, comm: &str, before: Counts) -> Counts {
 #[test]
 fn fork_storm_is_accounted_exactly_and_unwatched_exits_are_not_streamed() {
     const TEST: &str = "fork_storm_is_accounted_exactly_and_unwatched_exits_are_not_streamed";
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock();
     let comm = "mwstorm-a";
     let Some((agent, _cfg)) = agent(TEST, comm, 256 * 1024) else {
         return;
@@ -249,7 +249,7 @@ fn fork_storm_is_accounted_exactly_and_unwatched_exits_are_not_streamed() {
 #[test]
 fn a_full_ring_buffer_counts_every_lost_event() {
     const TEST: &str = "a_full_ring_buffer_counts_every_lost_event";
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock();
     let comm = "mwstorm-b";
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;

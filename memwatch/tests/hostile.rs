@@ -7,13 +7,15 @@
 
 mod common;
 
+use parking_lot::Mutex;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
     io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, OnceLock},
+    sync::OnceLock,
 };
 
 use common::{
@@ -94,7 +96,7 @@ fn hostile_body(ctl: &Ctl) -> i32 {
 
 /// Spawns the workload `body` with `NAME_AT_FORK` = `i`.
 fn spawn_named(i: usize, body: fn(&Ctl) -> i32) -> Workload {
-    let _g = NAME.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = NAME.lock();
     NAME_AT_FORK.store(i, std::sync::atomic::Ordering::Relaxed);
     Workload::spawn(body)
 }

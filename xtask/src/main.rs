@@ -1,6 +1,8 @@
-//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures | bench`.
+//! Developer tasks: `cargo xtask setup | run | test | install | dist | vm-test | vm-fixtures
+//! | fuzz | bench`.
 
 mod bench;
+mod fuzz;
 mod install;
 mod load;
 mod setup;
@@ -50,6 +52,10 @@ enum Task {
     /// Boot the Debian kernels and capture /proc and tracefs fixture files from them
     /// into memwatch/tests/fixtures.
     VmFixtures(vm::FixtureArgs),
+    /// Build the cargo-fuzz targets in fuzz/ once and run each for --seconds (one after
+    /// another); report runs, crashes and corpus size per target; fail on any crash
+    /// (the input stays in fuzz/artifacts/TARGET/).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks; results go to docs/BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -133,6 +139,7 @@ fn real_main() -> Result<()> {
             }
         }
         Task::Test(args) => test(&args),
+        Task::Fuzz(args) => fuzz::run(&args).map(drop),
         Task::Install(args) => install::install(args),
         Task::Dist(args) => install::dist(args),
         Task::VmTest(args) => {
@@ -150,6 +157,9 @@ fn real_main() -> Result<()> {
         }
     }
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 3;
 
 /// `cargo xtask test`: setup, formatting, lints, the host's tests and the VM matrix;
 /// with `--under-load`, all of it beside stress-ng. Ends with the wall time and, as
@@ -183,6 +193,10 @@ fn test_run(args: &TestArgs, started: std::time::Instant) -> Result<bool> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     ebpf_clippy()?;
+    // Every fuzz target for a few seconds, from its committed corpus: a parser change
+    // that panics on a known input fails here (about 1 min with the build cache warm,
+    // 2m40s empty, on two busy cores: README).
+    fuzz::run(&fuzz::FuzzArgs::smoke(FUZZ_SMOKE_SECONDS))?;
     // One test binary at a time, one test thread each: the root tests load
     // probes and run workloads whose counts must not mix.
     let host = test_summary(&["test", "--no-fail-fast", "--", "--test-threads=1"]);
@@ -363,6 +377,30 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(60)), "1m00s");
         assert_eq!(format_duration(Duration::from_secs(920)), "15m20s");
         assert_eq!(format_duration(Duration::from_secs(3725)), "62m05s");
+    }
+
+    #[test]
+    fn fuzz_flags() {
+        let cli = Cli::try_parse_from(["xtask", "fuzz"]).unwrap();
+        let Task::Fuzz(a) = cli.command else { panic!() };
+        assert_eq!(
+            (a.seconds, a.targets.len(), a.quick, a.merge),
+            (30, 0, false, false)
+        );
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "fuzz",
+            "--seconds",
+            "600",
+            "--target",
+            "btf",
+            "--target",
+            "config",
+        ])
+        .unwrap();
+        let Task::Fuzz(a) = cli.command else { panic!() };
+        assert_eq!(a.seconds, 600);
+        assert_eq!(a.targets, ["btf", "config"]);
     }
 
     #[test]

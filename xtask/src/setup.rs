@@ -51,6 +51,9 @@ const PACKAGES: &[&str] = &[
 /// offline), installed into a venv under target/tools.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
+/// cargo-fuzz, which builds the fuzz targets (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Packages that install a service we don't want running (on systemd hosts apt starts
 /// it: Prometheus on :9090, node_exporter on :9100); setup stops and disables it right
 /// after installing, since only the binaries are needed.
@@ -68,6 +71,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     packages()?;
     kubernetes_validate()?;
+    cargo_fuzz()?;
     eprintln!("xtask: setup done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -221,6 +225,37 @@ fn bpf_linker() -> Result<()> {
         .context("the freshly built bpf-linker does not run")?;
     std::fs::write(stamp_path(), want_stamp)?;
     eprintln!("xtask: installed {}", out.trim());
+    Ok(())
+}
+
+/// cargo-fuzz in cargo's bin folder, installed (with its lock file) unless
+/// `cargo fuzz --version` already runs.
+pub fn cargo_fuzz() -> Result<()> {
+    let runs = Command::new(cargo_bin().join("cargo-fuzz"))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs {
+        eprintln!("xtask: cargo-fuzz: present");
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
+        .env("PATH", path_with_tools())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed ({status})");
+    }
     Ok(())
 }
 

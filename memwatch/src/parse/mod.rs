@@ -87,7 +87,8 @@ pub fn node_list(text: &str, max: usize) -> Vec<usize> {
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-            v.extend((a..=b).filter(|&n| n < max));
+            // Clamped first: `0-18446744073709551615` must not walk 2^64 numbers.
+            v.extend(a..b.saturating_add(1).min(max));
         }
     }
     if v.is_empty() {
@@ -98,8 +99,8 @@ pub fn node_list(text: &str, max: usize) -> Vec<usize> {
 
 /// A kernel comm buffer (NUL-padded) as a string.
 pub fn comm_str(comm: &[u8; memwatch_common::COMM_LEN]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    let name = comm.split(|&b| b == 0).next().unwrap_or(&[]);
+    String::from_utf8_lossy(name).into_owned()
 }
 
 #[cfg(test)]
@@ -116,6 +117,10 @@ mod tests {
         assert_eq!(node_list("0-3", 2), vec![0, 1]);
         assert_eq!(node_list("", 64), vec![0]);
         assert_eq!(node_list("x-y", 64), vec![0]);
+        // A range to the end of usize is clamped before it is walked (it took 2^64
+        // steps), and a reversed one is empty.
+        assert_eq!(node_list("0-18446744073709551615", 4), vec![0, 1, 2, 3]);
+        assert_eq!(node_list("3-1", 64), vec![0]);
         let mut comm = [0u8; memwatch_common::COMM_LEN];
         comm[..5].copy_from_slice(b"redis");
         assert_eq!(comm_str(&comm), "redis");

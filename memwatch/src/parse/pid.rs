@@ -21,11 +21,12 @@ impl CommPattern {
         let (mut pi, mut ti) = (0, 0);
         // Where the last `*` was, and the text position it currently covers up to.
         let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() && p[pi] == b'*' {
+        while let Some(&tc) = t.get(ti) {
+            let pc = p.get(pi).copied();
+            if pc == Some(b'*') {
                 star = Some((pi, ti));
                 pi += 1;
-            } else if pi < p.len() && p[pi] == t[ti] {
+            } else if pc == Some(tc) {
                 pi += 1;
                 ti += 1;
             } else if let Some((sp, st)) = star {
@@ -36,7 +37,7 @@ impl CommPattern {
                 return false;
             }
         }
-        p[pi..].iter().all(|&c| c == b'*')
+        p.get(pi..).unwrap_or(&[]).iter().all(|&c| c == b'*')
     }
 }
 
@@ -146,9 +147,10 @@ pub fn parse_stat(text: &str) -> Option<Stat<'_>> {
     if close < open {
         return None;
     }
-    let comm = &text[open + 1..close];
+    // `(` and `)` are one byte each, so both slices start on a character boundary.
+    let comm = text.get(open + 1..close)?;
     // After ") ": state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt ...
-    let mut rest = text[close + 1..].split_ascii_whitespace();
+    let mut rest = text.get(close + 1..)?.split_ascii_whitespace();
     let minflt = rest.nth(7)?.parse().ok()?;
     let majflt = rest.nth(1)?.parse().ok()?;
     Some(Stat {

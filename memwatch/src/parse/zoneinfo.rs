@@ -114,7 +114,11 @@ pub fn parse(text: &str) -> (Parsed<'_>, Vec<&str>) {
             }
             continue;
         }
-        let zone = zi.zones.last_mut().expect("a zone once past Skip");
+        let Some(zone) = zi.zones.last_mut() else {
+            // Past Skip there is always a zone; a line without one is malformed.
+            errors.push(line);
+            continue;
+        };
         if t == "per-node stats" {
             if zi.nodes.iter().any(|n| n.node == zone.node) {
                 errors.push(line);
@@ -165,7 +169,9 @@ fn zone_field<'a>(
     node_idx: Option<usize>,
     t: &'a str,
 ) -> bool {
-    let zone = zi.zones.last_mut().expect("a zone once past Skip");
+    let Some(zone) = zi.zones.last_mut() else {
+        return false;
+    };
     if let Some((key, value)) = t.split_once(':') {
         let key = key.trim();
         if section == Section::Pagesets && PAGESET_KEYS.contains(&key) {
@@ -183,8 +189,8 @@ fn zone_field<'a>(
         return false;
     };
     let list = match section {
-        Section::NodeStats => match node_idx {
-            Some(i) => &mut zi.nodes[i].stats,
+        Section::NodeStats => match node_idx.and_then(|i| zi.nodes.get_mut(i)) {
+            Some(node) => &mut node.stats,
             None => return false,
         },
         // Header keys are bare words; a statistic (older kernels print them before
@@ -230,12 +236,33 @@ impl Parsed<'_> {
     /// Free pages, and the sums of the low and high watermarks, over every zone.
     pub fn totals(&self) -> (u64, u64, u64) {
         let sum = |f: &dyn Fn(&Zone) -> Option<f64>| -> u64 {
-            self.zones.iter().filter_map(f).map(|v| v as u64).sum()
+            // Saturating: a hostile file's huge counts must not overflow the sum.
+            self.zones
+                .iter()
+                .filter_map(f)
+                .fold(0u64, |acc, v| acc.saturating_add(v as u64))
         };
         (
             sum(&|z| z.free),
             sum(&|z| z.get("low")),
             sum(&|z| z.get("high")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in review for the `zoneinfo` fuzz target: free page counts near
+    /// u64::MAX in two zones overflowed the sum (a panic with overflow checks on).
+    #[test]
+    fn totals_saturate() {
+        let text = "Node 0, zone DMA\n  pages free 18446744073709551615\n        high 1\n\
+                    Node 0, zone Normal\n  pages free 18446744073709551615\n        high 2\n";
+        let (zi, errors) = parse(text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(zi.zones.len(), 2);
+        assert_eq!(zi.totals(), (u64::MAX, 0, 3));
     }
 }
