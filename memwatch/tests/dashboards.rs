@@ -17,13 +17,13 @@ use std::{
     ffi::CString,
     io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use common::{
-    free_port, http_get, http_status as get, root_or_skip, terminate,
+    http_get, http_status as get, root_or_skip,
     workload::{map_populated, pipe, read_byte, Ctl, Workload},
     Agent, Memcg, TempFile,
 };
@@ -547,19 +547,12 @@ fn reader_body(ctl: &Ctl) -> i32 {
 /// agent on a loaded machine still succeeds; every wait below counts scrapes, not time.
 const SCRAPE_INTERVAL: u32 = 3;
 
-/// Debian's Prometheus on a loopback port with a temporary TSDB; stopped by PID and
-/// its directory removed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+/// Debian's Prometheus on a loopback port, with memwatch's rules and alerts.
+struct Prometheus(common::PrometheusServer);
 
 impl Prometheus {
     fn start(bin: &Path, memwatch_port: u16) -> Self {
         let dir = std::env::temp_dir().join(format!("memwatch-test-prom-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
         let rules = repo().join("deploy/prometheus");
         let config = format!(
             "global:\n  scrape_interval: {SCRAPE_INTERVAL}s\n  evaluation_interval: 1s\n\
@@ -570,40 +563,11 @@ impl Prometheus {
             rules.join("memwatch.rules.yml").display(),
             rules.join("memwatch.alerts.yml").display(),
         );
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .expect("spawn prometheus");
-        let mut prom = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while get(prom.port, "/-/ready").map(|(s, _)| s) != Some(200) {
-            if let Some(status) = prom.child.try_wait().unwrap() {
-                panic!("prometheus exited ({status}):\n{}", prom.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready:\n{}",
-                prom.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        prom
+        Self(common::PrometheusServer::start(bin, dir, &config))
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// `/api/v1/query` (instant, now or at a time) or `/api/v1/query_range` at 1 s steps.
@@ -616,7 +580,7 @@ impl Prometheus {
                 urlencode(expr)
             ),
         };
-        let (status, body) = get(self.port, &path).ok_or("no answer")?;
+        let (status, body) = get(self.0.port, &path).ok_or("no answer")?;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         if status != 200 || v["status"] != "success" {
             return Err(format!("HTTP {status}: {body}"));
@@ -664,13 +628,6 @@ enum When {
     Now,
     At(f64),
     Range(f64, f64),
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = terminate(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -1128,7 +1085,7 @@ impl Evaluation {
 
     /// Prometheus loaded the rule files itself and evaluates them without errors.
     fn rule_health(&mut self, prom: &Prometheus) {
-        let rule_health = get(prom.port, "/api/v1/rules").unwrap().1;
+        let rule_health = get(prom.0.port, "/api/v1/rules").unwrap().1;
         let v: Value = serde_json::from_str(&rule_health).unwrap();
         for g in v["data"]["groups"].as_array().unwrap() {
             for r in g["rules"].as_array().unwrap() {

@@ -12,14 +12,12 @@ use parking_lot::Mutex;
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
-    io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::OnceLock,
 };
 
 use common::{
-    eventually, free_port, http_status, root_or_skip,
+    eventually, http_status, root_or_skip,
     workload::{read_byte, write_byte, Ctl, Workload},
     Agent, Metrics, TempFile,
 };
@@ -128,88 +126,36 @@ fn promtool_clean(text: &str) -> bool {
         println!("note: no promtool; `promtool check metrics` not run");
         return false;
     };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {report}"
-    );
+    let (clean, report) = common::promtool_check_metrics(Path::new(promtool), text);
+    assert!(clean, "promtool check metrics: {report}");
     true
 }
 
-/// Debian's Prometheus scraping memwatch every second on loopback, with a temporary
-/// TSDB; stopped by PID and its directory removed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+/// Debian's Prometheus scraping memwatch every second on loopback.
+struct Prometheus(common::PrometheusServer);
 
 impl Prometheus {
     fn start(bin: &Path, target: u16) -> Self {
         let dir =
             std::env::temp_dir().join(format!("memwatch-test-hostile-prom-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
+        Self(common::PrometheusServer::start(
+            bin,
+            dir,
+            &format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
                  scrape_configs:\n  - job_name: memwatch\n    static_configs:\n      \
                  - targets: ['127.0.0.1:{target}']\n"
             ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log")).unwrap())
-            .spawn()
-            .expect("spawn prometheus");
-        let mut p = Self { child, port, dir };
-        let ready = eventually(120, || {
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("prometheus exited ({status}):\n{}", p.log());
-            }
-            (http_status(p.port, "/-/ready")?.0 == 200).then_some(())
-        });
-        assert!(ready.is_some(), "prometheus not ready:\n{}", p.log());
-        p
+        ))
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// GET an API path: its `data`.
     fn api(&self, path: &str) -> serde_json::Value {
-        let (status, body) = http_status(self.port, path).expect("prometheus answers");
+        let (status, body) = http_status(self.0.port, path).expect("prometheus answers");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         assert!(
             status == 200 && v["status"] == "success",
@@ -228,15 +174,8 @@ impl Prometheus {
 
     /// Prometheus's own metrics.
     fn own_metrics(&self) -> Metrics {
-        let (_, body) = http_status(self.port, "/metrics").expect("prometheus /metrics");
+        let (_, body) = http_status(self.0.port, "/metrics").expect("prometheus /metrics");
         Metrics::parse(&body)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = common::terminate(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -735,3 +735,78 @@ pub fn traced_fork(trace: &Trace, child_pid: Option<u32>) -> f64 {
         .unwrap_or_else(|| panic!("no clone entry before the fork of {child_pid:?}:\n{text}"));
     trace_ts(lines[k]).unwrap() - trace_ts(enter).unwrap()
 }
+
+/// `promtool check metrics` on an exposition: (whether it passed with nothing to say,
+/// what it said).
+pub fn promtool_check_metrics(promtool: &std::path::Path, text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).expect("write to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && report.trim().is_empty(), report)
+}
+
+/// Debian's Prometheus (`bin`) on a free loopback port with `config` as its
+/// prometheus.yml and a temporary TSDB in `dir` (made afresh); ready when returned.
+/// Stopped by PID and `dir` removed on drop.
+pub struct PrometheusServer {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl PrometheusServer {
+    pub fn start(bin: &std::path::Path, dir: PathBuf, config: &str) -> Self {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("spawn prometheus");
+        let mut p = Self { child, port, dir };
+        let ready = eventually(120, || {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("prometheus exited ({status}):\n{}", p.log());
+            }
+            (http_status(p.port, "/-/ready")?.0 == 200).then_some(())
+        });
+        assert!(ready.is_some(), "prometheus not ready:\n{}", p.log());
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = terminate(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
