@@ -87,6 +87,7 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, Fatal>>;
 /// dropping the capabilities no longer needed, READY to systemd, then serving until
 /// SIGTERM or SIGINT.
 pub fn run(cfg: Config, host: Arc<Host>, reload: Reloader) -> Result<(), Fatal> {
+    limit_malloc_arenas();
     let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(Fatal::Usage)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,6 +100,19 @@ pub fn run(cfg: Config, host: Arc<Host>, reload: Reloader) -> Result<(), Fatal> 
     // A collector stuck on a read runs on a thread of its own and is not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// glibc gives each thread that allocates an arena of its own, which keeps its peak
+/// allocation: with the collectors on threads of their own at every scrape, a daemon
+/// under churn grew ten arenas of about 18 MiB (213 MiB RSS in the soak, against a
+/// unit's MemoryMax=256M). Its threads mostly wait; two arenas serve them. Called
+/// before any thread exists.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a malloc parameter; no other thread is running yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 async fn serve_until_stopped(
