@@ -199,7 +199,7 @@ fn watched(tgid: u32, comm: &[u8; COMM_LEN]) -> bool {
         return true;
     }
     // SAFETY: a lookup; the value is not kept.
-    if unsafe { WATCH_PIDS.get(&tgid) }.is_some() {
+    if unsafe { WATCH_PIDS.get(tgid) }.is_some() {
         return true;
     }
     let (w, len) = comm_words(comm);
@@ -245,11 +245,11 @@ pub fn fork_sched_fork(ctx: TracePointContext) -> u32 {
         parent,
         ..Child::default()
     };
-    if CHILDREN.insert(&pid, &fresh, 0).is_ok() {
-        if FORK_UNSENT.insert(&pid, &1, 0).is_ok() {
+    if CHILDREN.insert(pid, fresh, 0).is_ok() {
+        if FORK_UNSENT.insert(pid, 1, 0).is_ok() {
             flags |= FORK_TRACKED;
         } else {
-            let _ = CHILDREN.remove(&pid);
+            let _ = CHILDREN.remove(pid);
             inc(&GLOBALS, global::CHILDREN_FULL as u32);
         }
     } else {
@@ -263,11 +263,11 @@ pub fn fork_sched_fork(ctx: TracePointContext) -> u32 {
 /// first, it left its exit in `CHILDREN`: stream it now, after the fork.
 #[inline(always)]
 fn fork_sent(pid: u32) {
-    if FORK_UNSENT.remove(&pid).is_ok() {
+    if FORK_UNSENT.remove(pid).is_ok() {
         // Still running: its exit streams itself.
         return;
     }
-    if let Some(c) = CHILDREN.get_ptr(&pid) {
+    if let Some(c) = CHILDREN.get_ptr(pid) {
         // SAFETY: a live map value; the child wrote it before deleting its
         // `FORK_UNSENT` entry, which is what made the delete above fail.
         let c = unsafe { *c };
@@ -284,7 +284,7 @@ fn fork_sent(pid: u32) {
             });
         }
     }
-    let _ = CHILDREN.remove(&pid);
+    let _ = CHILDREN.remove(pid);
 }
 
 #[fentry(function = "dup_mmap")]
@@ -346,7 +346,7 @@ pub fn fork_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let pid = (id >> 32) as u32;
     flush_if(pid);
-    let Some(c) = CHILDREN.get_ptr_mut(&pid) else {
+    let Some(c) = CHILDREN.get_ptr_mut(pid) else {
         inc(
             &GLOBALS,
             (global::EVENTS_FILTERED + global::event_slot(EVENT_EXIT)) as u32,
@@ -371,11 +371,11 @@ pub fn fork_process_exit(_ctx: TracePointContext) -> u32 {
         (*c).comm = comm;
         (*c).exited = 1;
     }
-    if FORK_UNSENT.remove(&pid).is_ok() {
+    if FORK_UNSENT.remove(pid).is_ok() {
         // The parent has not streamed the fork yet: it streams this exit after it.
         return 0;
     }
-    let _ = CHILDREN.remove(&pid);
+    let _ = CHILDREN.remove(pid);
     emit(&Event {
         kind: EVENT_EXIT,
         tgid: pid,
