@@ -5,7 +5,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+};
 
 use common::{root_or_skip, workload::Ctl, workload::Workload, Agent, TempFile};
 
@@ -141,6 +144,7 @@ fn parent_write_protect_faults_match_pages_written() {
     }
     // Every process gets its own row, so the workload's row is there before and after.
     let cfg = TempFile::new("cow.toml", "[tables]\nprocess_top_n = 100000\n");
+    let loaded_before = memwatch_programs();
     let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
 
     let (before, after, pid) = scrapes_around_writes(&agent, cow_body);
@@ -171,7 +175,7 @@ fn parent_write_protect_faults_match_pages_written() {
     check_programs_loaded(&after);
     let status = agent.stop();
     assert!(status.success(), "memwatch exit status {status}");
-    check_programs_unloaded();
+    check_programs_unloaded(&loaded_before);
 }
 
 /// Runs workload `body` (it reports 'F' once ready, writes on 'G', reports 'W') with a
@@ -224,16 +228,28 @@ fn check_programs_loaded(after: &common::Metrics) {
 
 /// After memwatch stopped, bpftool shows its programs gone. Unloading can finish in a
 /// worker after the last reference goes: waits for it.
-fn check_programs_unloaded() {
-    let gone = common::eventually(120, || {
-        (page_fault_programs().trim().is_empty() && cow_programs().is_empty()).then_some(())
-    });
+/// Only programs that were not loaded before (`before`, from `memwatch_programs`)
+/// count: another memwatch may run on the machine.
+fn check_programs_unloaded(before: &BTreeSet<u32>) {
+    let left = || -> Vec<u32> { memwatch_programs().difference(before).copied().collect() };
+    let gone = common::eventually(120, || left().is_empty().then_some(()));
     assert!(
         gone.is_some(),
-        "still loaded 120 s after SIGTERM: {} {:?}",
+        "still loaded 120 s after SIGTERM: {:?}: {} {:?}",
+        left(),
         page_fault_programs(),
         cow_programs()
     );
+}
+
+/// The ids of the loaded page-fault and COW programs (bpftool's `ID: type name ...`
+/// header lines).
+fn memwatch_programs() -> BTreeSet<u32> {
+    page_fault_programs()
+        .lines()
+        .chain(cow_programs().iter().map(String::as_str))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
 }
 
 /// The page-fault programs loaded: the raw tracepoint ones, or the tracepoint ones

@@ -608,15 +608,18 @@ fn bgsave_and_aof_rewrite_episodes_match_redis() {
         "memwatch-test-{}-episodes.jsonl",
         std::process::id()
     )));
+    // This Redis by its pid: another process on the machine may be (or be named)
+    // redis-server and fork too.
+    let redis = Redis::start();
     let cfg = TempFile::new(
         "redis.toml",
         &format!(
-            "[episodes]\nwatch_comms = [\"redis-server\"]\nlog = \"{}\"\n",
+            "[episodes]\nwatch_comms = []\nwatch_pids = [{}]\nlog = \"{}\"\n",
+            redis.pid(),
             log.0.display()
         ),
     );
     let agent = Agent::start(&["--config", cfg.0.to_str().unwrap()]);
-    let redis = Redis::start();
     populate(&redis);
     let load = start_load(&redis);
 
