@@ -39,16 +39,27 @@ pub const BINARIES: &[(&str, Rungs)] = &[
     // best rung feeds the most panels (COW copies, fault latency and dup_mmap panels
     // need fentry or kprobe); the host, tracepoint-only, lists what that rung can't feed.
     ("dashboards", Once),
+    // The fork/exit ring buffer's loss and filter counts: the fork hooks attach
+    // differently on each rung (the address-space copy on fentry/kprobe only), and
+    // the storm's exact sums must hold on each.
+    ("events", All),
     // `memwatch probes --probe-mode=X` and `run` must both pick the forced rung, with a
     // reason for every rung above it; every_hook_on_its_best_rung runs on the fentry
     // pass only; the process-table sums are over what the rung's programs counted.
     ("host", All),
+    // Hostile comms and the table caps: the names and the userspace tables are the
+    // same whichever rung feeds them; once, on the best rung (the most families).
+    ("hostile", Once),
     // The /proc and /sys collectors with the eBPF collector off (`bpf = false`): the
     // forced rung never reaches a probe. The files differ per kernel, so once per
     // kernel. The one test that turns eBPF on (promtool check metrics) skips in the
     // guests (no promtool); were it to run, the best rung's scrape has the most
     // families to lint.
     ("kernel_accounting", Once),
+    // A stop at any moment must leave none of the rung's programs, links or maps
+    // behind: each rung's program types (fentry links, perf-event tracepoints and
+    // kprobes) detach differently.
+    ("lifecycle", All),
     // Skips in the guests today (no redis-server in the initramfs), so a rung costs a
     // SKIP line. Where it runs, the episodes' COW bytes come from the rung's programs
     // (page copies on fentry/kprobe, write-protect faults on tracepoint).
@@ -59,6 +70,8 @@ pub const BINARIES: &[(&str, Rungs)] = &[
     // in the guests: busybox has no util-linux setpriv) checks they suffice for the
     // rung's attach path.
     ("service", All),
+    // The HTTP boundary (TLS, auth, limits) with the eBPF collector off: no rung.
+    ("web", Once),
 ];
 
 /// Where `binary` runs; one not in the table runs on every rung.
