@@ -99,8 +99,9 @@ knobs = true
 processes = true
 # The eBPF programs' counters.
 bpf = true
-# How long each collector may take during a scrape (they run side by side). One that
-# overruns is left out of that scrape (memwatch_scrape_collector_success 0, counted in
+# How long each collector may take during a scrape (they run one after another, each
+# on a thread of its own). One that overruns is left out of that scrape
+# (memwatch_scrape_collector_success 0, counted in
 # memwatch_scrape_collector_timeouts_total) and is not started again until its stuck
 # read returns; the other collectors are served.
 timeout_seconds = 5.0

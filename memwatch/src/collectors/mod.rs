@@ -19,6 +19,7 @@ mod scrape_names_tests;
 pub mod vmstat;
 pub mod zoneinfo;
 
+use parking_lot::Mutex;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -125,6 +126,15 @@ struct Slot {
     overran: Arc<std::sync::atomic::AtomicBool>,
     timeouts: AtomicU64,
     panics: AtomicU64,
+    /// The collector's worker thread, started on first use.
+    worker: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+/// One run of a collector for its worker: where the result goes, and how big the
+/// buffer should start.
+struct Job {
+    reply: mpsc::Sender<(Outcome, Text)>,
+    hint: usize,
 }
 
 /// How one collector did during one scrape.
@@ -144,10 +154,12 @@ impl Outcome {
     }
 }
 
-/// Every enabled collector. A scrape runs them side by side, each on a thread of its
-/// own with its own buffer, and waits for each at most `timeout`: one that overruns
-/// (a read of a file that blocks: a FIFO, a hung mount, a process whose mmap lock is
-/// held) or panics fails alone, and the scrape returns what the others produced.
+/// Every enabled collector. A scrape runs them one after another, each on a worker
+/// thread of its own with its own buffer, and waits for each at most `timeout`: one
+/// that overruns (a read of a file that blocks: a FIFO, a hung mount, a process whose
+/// mmap lock is held) or panics fails alone, and the scrape returns what the others
+/// produced. One after another, not side by side: a collector reading /proc/meminfo
+/// while others allocate would see memwatch's own passing Committed_AS.
 pub struct Registry {
     slots: Vec<Slot>,
     parse_errors: Vec<(&'static str, ParseErrors)>,
@@ -192,6 +204,7 @@ impl Registry {
             overran: Default::default(),
             timeouts: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            worker: Mutex::new(None),
         });
     }
 
@@ -226,98 +239,107 @@ impl Registry {
             .collect()
     }
 
-    /// Starts one collector's run on a thread of its own; its result comes back on
-    /// `done` as (slot index, outcome, output).
-    fn start(
-        &self,
-        i: usize,
-        slot: &Slot,
-        done: &mpsc::Sender<(usize, Outcome, Text)>,
-    ) -> Option<Outcome> {
+    /// Starts one collector's run on its worker thread (started on first use and kept:
+    /// no thread is made during a scrape once the first is done); its result comes
+    /// back on the returned channel. None with the outcome when it can't start.
+    fn start(&self, slot: &Slot) -> Result<mpsc::Receiver<(Outcome, Text)>, Outcome> {
         let stamp = self.now_ms().saturating_add(1);
         if slot
             .busy_since
             .compare_exchange(0, stamp, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            return Some(Outcome::StillRunning);
+            return Err(Outcome::StillRunning);
         }
-        let (c, busy, done) = (
-            slot.collector.clone(),
-            slot.busy_since.clone(),
-            done.clone(),
-        );
-        let overran = slot.overran.clone();
+        let (reply, result) = mpsc::channel();
         let hint = self.size_hint.load(Ordering::Relaxed) / self.slots.len().max(1);
-        let spawned = std::thread::Builder::new()
-            .name(format!("collect-{}", c.name()))
-            .spawn(move || {
-                let mut text = Text::with_capacity(hint + 1024);
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    c.write_text(&mut text)
-                }));
-                let outcome = match run {
-                    Ok(Ok(())) => Outcome::Ok,
-                    Ok(Err(e)) => {
-                        log::warn!("collector {} failed: {e:#}", c.name());
-                        Outcome::Failed
-                    }
-                    Err(panic) => {
-                        let msg = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        log::error!("collector {} panicked: {msg}", c.name());
-                        Outcome::Panicked
-                    }
-                };
-                overran.store(false, Ordering::Release);
-                busy.store(0, Ordering::Release);
-                // The scrape may have given up on this run: then nobody listens.
-                let _ = done.send((i, outcome, text));
-            });
-        match spawned {
-            Ok(_) => None,
+        let mut worker = slot.worker.lock();
+        let mut job = Job { reply, hint };
+        if let Some(w) = worker.as_ref() {
+            match w.send(job) {
+                Ok(()) => return Ok(result),
+                // The worker is gone: start another with this job.
+                Err(mpsc::SendError(j)) => job = j,
+            }
+        }
+        let started = self
+            .spawn_worker(slot)
+            .map_err(|e| e.to_string())
+            .and_then(|w| w.send(job).map(|()| w).map_err(|e| e.to_string()));
+        match started {
+            Ok(w) => {
+                *worker = Some(w);
+                Ok(result)
+            }
             Err(e) => {
-                slot.busy_since.store(0, Ordering::Release);
                 log::warn!(
                     "collector {}: cannot start a thread: {e}",
                     slot.collector.name()
                 );
-                Some(Outcome::Failed)
+                slot.busy_since.store(0, Ordering::Release);
+                Err(Outcome::Failed)
             }
         }
     }
 
-    /// Runs every collector and returns the exposition in the text format; one that
-    /// fails, panics or overruns the budget is logged and reported, the rest go on.
+    /// A collector's worker: runs one job at a time, a panic caught and reported.
+    fn spawn_worker(&self, slot: &Slot) -> std::io::Result<mpsc::Sender<Job>> {
+        let (c, busy, overran) = (
+            slot.collector.clone(),
+            slot.busy_since.clone(),
+            slot.overran.clone(),
+        );
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("collect-{}", c.name()))
+            .spawn(move || {
+                for job in queue {
+                    let mut text = Text::with_capacity(job.hint + 1024);
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        c.write_text(&mut text)
+                    }));
+                    let outcome = match run {
+                        Ok(Ok(())) => Outcome::Ok,
+                        Ok(Err(e)) => {
+                            log::warn!("collector {} failed: {e:#}", c.name());
+                            Outcome::Failed
+                        }
+                        Err(panic) => {
+                            let msg = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            log::error!("collector {} panicked: {msg}", c.name());
+                            Outcome::Panicked
+                        }
+                    };
+                    overran.store(false, Ordering::Release);
+                    busy.store(0, Ordering::Release);
+                    // The scrape may have given up on this run: then nobody listens.
+                    let _ = job.reply.send((outcome, text));
+                }
+            })?;
+        Ok(jobs)
+    }
+
+    /// Runs every collector, one after another (so one's reading is not disturbed by
+    /// another's work), each on its worker thread within the budget, and returns the
+    /// exposition in the text format; one that fails, panics or overruns is logged and
+    /// reported, the rest go on.
     pub fn render(&self) -> String {
         let _one = self.rendering.lock();
-        let start = Instant::now();
-        let deadline = start + self.timeout;
-        let (tx, rx) = mpsc::channel();
         let n = self.slots.len();
-        let mut results: Vec<Option<(Outcome, f64, Option<Text>)>> = (0..n).map(|_| None).collect();
-        let mut waiting = 0;
-        for (i, (slot, r)) in self.slots.iter().zip(results.iter_mut()).enumerate() {
-            match self.start(i, slot, &tx) {
-                Some(outcome) => *r = Some((outcome, 0.0, None)),
-                None => waiting += 1,
-            }
-        }
-        drop(tx);
-        while waiting > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((i, outcome, text)) => {
-                    if let Some(r) = results.get_mut(i) {
-                        *r = Some((outcome, start.elapsed().as_secs_f64(), Some(text)));
-                    }
-                    waiting -= 1;
-                }
-                Err(_) => break,
-            }
+        let mut results: Vec<Option<(Outcome, f64, Option<Text>)>> = Vec::with_capacity(n);
+        for slot in &self.slots {
+            let start = Instant::now();
+            results.push(match self.start(slot) {
+                Err(outcome) => Some((outcome, 0.0, None)),
+                Ok(result) => result
+                    .recv_timeout(self.timeout)
+                    .ok()
+                    .map(|(outcome, text)| (outcome, start.elapsed().as_secs_f64(), Some(text))),
+            });
         }
         let timeout_secs = self.timeout.as_secs_f64();
         let hint = self.size_hint.load(Ordering::Relaxed);
