@@ -573,11 +573,14 @@ impl Prometheus {
     /// `/api/v1/query` (instant, now or at a time) or `/api/v1/query_range` at 1 s steps.
     fn query(&self, expr: &str, when: When) -> Result<Vec<Value>, String> {
         let path = match when {
-            When::Now => format!("/api/v1/query?query={}", urlencode(expr)),
-            When::At(t) => format!("/api/v1/query?query={}&time={t:.3}", urlencode(expr)),
+            When::Now => format!("/api/v1/query?query={}", common::urlencode(expr)),
+            When::At(t) => format!(
+                "/api/v1/query?query={}&time={t:.3}",
+                common::urlencode(expr)
+            ),
             When::Range(start, end) => format!(
                 "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step=1",
-                urlencode(expr)
+                common::urlencode(expr)
             ),
         };
         let (status, body) = get(self.0.port, &path).ok_or("no answer")?;
@@ -628,17 +631,6 @@ enum When {
     Now,
     At(f64),
     Range(f64, f64),
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn now() -> f64 {

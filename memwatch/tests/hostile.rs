@@ -166,7 +166,7 @@ impl Prometheus {
 
     /// An instant query's result vector.
     fn query(&self, expr: &str) -> Vec<serde_json::Value> {
-        self.api(&format!("/api/v1/query?query={}", urlencode(expr)))["result"]
+        self.api(&format!("/api/v1/query?query={}", common::urlencode(expr)))["result"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -177,17 +177,6 @@ impl Prometheus {
         let (_, body) = http_status(self.0.port, "/metrics").expect("prometheus /metrics");
         Metrics::parse(&body)
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The probe mode the agents here run on: the test's (`MEMWATCH_TEST_PROBE_MODE`), or
@@ -336,7 +325,7 @@ fn hostile_names_survive_a_real_prometheus_scrape() {
     // comm (and one aggregate), each with the workload's fork count.
     let series = prom.api(&format!(
         "/api/v1/series?match[]={}",
-        urlencode("memwatch_fork_duration_seconds_count{job=\"memwatch\"}")
+        common::urlencode("memwatch_fork_duration_seconds_count{job=\"memwatch\"}")
     ));
     let mut comms: BTreeMap<String, usize> = BTreeMap::new();
     for s in series.as_array().cloned().unwrap_or_default() {
