@@ -85,10 +85,10 @@ fn sighup_reloads_and_keeps_serving() {
 /// Makes a procfs fixture whose `meminfo` is a FIFO nobody writes: reading it blocks
 /// forever, like a read of a hung mount.
 fn procfs_with_a_stuck_meminfo(dir: &Path) {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    std::fs::copy(
-        fixtures.join("vmstat/linux-6.1-debian.txt"),
+    // Embedded: the VM guests have no source tree.
+    std::fs::write(
         dir.join("vmstat"),
+        include_str!("fixtures/vmstat/linux-6.1-debian.txt"),
     )
     .unwrap();
     let fifo = std::ffi::CString::new(dir.join("meminfo").to_str().unwrap()).unwrap();
