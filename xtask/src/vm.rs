@@ -458,12 +458,15 @@ struct Watch {
 }
 
 impl Watch {
-    /// Notes a kernel panic (the first one) and /init's closing line.
+    /// Notes a kernel panic (the first one) and /init's closing line. A panic counts
+    /// as stuck too: the boot is tried once more (TCG's text-patching race has oopsed
+    /// 6.12 during boot, before any test ran); a second one fails the kernel.
     fn note(&mut self, line: &str) {
         if let Some(i) = line.find("Kernel panic") {
             if self.trouble.is_none() {
                 self.trouble = Some(line[i..].trim().to_string());
             }
+            self.stuck = true;
         }
         if line.starts_with("@@mw done") {
             self.saw_done = true;
@@ -906,7 +909,7 @@ impl KernelTests<'_> {
             timings.push(format!("{series} {:.0}s", b.elapsed.as_secs_f64()));
             if b.stuck && attempt == 1 {
                 eprintln!(
-                    "xtask: vm {series}: the guest kernel got stuck; discarding this boot's \
+                    "xtask: vm {series}: the guest kernel got stuck or panicked; discarding this boot's \
                      {} result(s) and booting it once more",
                     krep.counts.passed + krep.counts.failed + krep.counts.skipped
                 );
